@@ -50,6 +50,9 @@ class Architecture(KubeModel):
     qk_rope_head_dim: int | None = Field(
         default=None, ge=1, le=1024, description="MLA rotary key dimension (DeepSeek, Kimi). Set with kvLoraRank."
     )
+    vocab_size: int = Field(
+        default=32000, ge=1, le=10000000, description="Vocabulary size (sizes the sampler's logits in profiling)."
+    )
     sliding_window: int | None = Field(
         default=None, ge=1, le=16777216, description="Attention window of the windowed layers (gpt-oss, Llama 4)."
     )
