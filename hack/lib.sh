@@ -3,7 +3,6 @@
 # beyond variables and functions.
 
 HACK_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO_ROOT=$(cd "$HACK_DIR/.." && pwd)
 
 # shellcheck source=hack/versions.env
 . "$HACK_DIR/versions.env"
