@@ -45,7 +45,9 @@ class KubeModel(BaseModel):
     cel_rules: ClassVar[list[dict[str, str]]] = []
 
     @classmethod
-    def __get_pydantic_json_schema__(cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
         schema = handler.resolve_ref_schema(handler(core_schema))
         if cls.cel_rules:
             schema["x-kubernetes-validations"] = [dict(r) for r in cls.cel_rules]
@@ -76,7 +78,9 @@ ConditionStatus = Literal["True", "False", "Unknown"]
 class Condition(StatusModel):
     """One observation of the object's state, in the shape of metav1.Condition."""
 
-    type: str = Field(description="Condition type: Planned, Progressing, Available, Ready, Degraded, CapacityOK.")
+    type: str = Field(
+        description="Condition type: Planned, Progressing, Available, Ready, Degraded, CapacityOK."
+    )
     status: ConditionStatus = Field(description="True, False or Unknown.")
     reason: str = Field(description="A stable CamelCase word saying why, e.g. InsufficientMemory.")
     message: str = Field(default="", description="What happened and what to change, for people.")
@@ -100,7 +104,10 @@ class ParentRef(KubeModel):
 
     name: str = Field(pattern=DNS_SUBDOMAIN, max_length=253, description="Name of the Gateway.")
     namespace: str | None = Field(
-        default=None, pattern=DNS_LABEL, max_length=63, description="Namespace of the Gateway; defaults to the CR's."
+        default=None,
+        pattern=DNS_LABEL,
+        max_length=63,
+        description="Namespace of the Gateway; defaults to the CR's.",
     )
     section_name: str | None = Field(
         default=None, pattern=DNS_LABEL, max_length=253, description="A listener of the Gateway to attach to."
@@ -133,11 +140,15 @@ class Toleration(KubeModel):
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="Taint effect to match; all effects when empty."
     )
-    toleration_seconds: int | None = Field(default=None, description="How long a NoExecute taint is tolerated.")
+    toleration_seconds: int | None = Field(
+        default=None, description="How long a NoExecute taint is tolerated."
+    )
 
 
 class ResourceOverrides(KubeModel):
     """CPU, memory and other non-accelerator resources of the serving container. Accelerators come from the plan."""
 
-    requests: dict[str, Quantity] = Field(default_factory=dict, description="Resource requests, e.g. cpu, memory.")
+    requests: dict[str, Quantity] = Field(
+        default_factory=dict, description="Resource requests, e.g. cpu, memory."
+    )
     limits: dict[str, Quantity] = Field(default_factory=dict, description="Resource limits, e.g. memory.")

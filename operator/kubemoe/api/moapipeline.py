@@ -48,7 +48,9 @@ class EndpointRef(KubeModel):
         max_length=2048,
         description="Base URL up to and including /v1, e.g. http://vllm.ml.svc:8000/v1.",
     )
-    model: str = Field(min_length=1, max_length=256, description="Model name sent in the request's `model` field.")
+    model: str = Field(
+        min_length=1, max_length=256, description="Model name sent in the request's `model` field."
+    )
     api_key_secret_ref: SecretKeyRef | None = Field(
         default=None, description="Secret key holding the API key, sent as a bearer token; never logged."
     )
@@ -127,7 +129,10 @@ class Policy(KubeModel):
     """Stragglers and failures."""
 
     layer_timeout_seconds: float = Field(
-        default=60.0, gt=0, le=3600, description="Deadline of each layer; the layer moves on with what has arrived."
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="Deadline of each layer; the layer moves on with what has arrived.",
     )
     min_responses: int = Field(
         default=1,
@@ -137,7 +142,8 @@ class Policy(KubeModel):
         "At most the number of agents in every layer.",
     )
     on_agent_error: Literal["skip", "fail"] = Field(
-        default="skip", description="skip: drop a failed agent's answer; fail: fail the request, naming the agent."
+        default="skip",
+        description="skip: drop a failed agent's answer; fail: fail the request, naming the agent.",
     )
 
 
@@ -146,14 +152,18 @@ class RouterAlerts(KubeModel):
 
     enabled: bool = Field(default=True, description="Render the PrometheusRule.")
     error_rate_percent: float = Field(default=5.0, gt=0, le=100, description="Alert above this error rate.")
-    p95_latency_seconds: float = Field(default=60.0, gt=0, le=3600, description="Alert above this p95 latency.")
+    p95_latency_seconds: float = Field(
+        default=60.0, gt=0, le=3600, description="Alert above this p95 latency."
+    )
 
 
 class PipelineMonitoring(KubeModel):
     """Router alerts and scraping."""
 
     alerts: RouterAlerts = Field(default_factory=RouterAlerts, description="PrometheusRule alerts.")
-    service_monitor: bool = Field(default=True, description="Render a ServiceMonitor for the router's /metrics.")
+    service_monitor: bool = Field(
+        default=True, description="Render a ServiceMonitor for the router's /metrics."
+    )
 
 
 class ModelServiceRate(KubeModel):
@@ -192,7 +202,9 @@ class Capacity(KubeModel):
     """Inputs of the stability check: the target rate and each model's service rate."""
 
     target_requests_per_second: float | None = Field(
-        default=None, gt=0, description="Pipeline requests per second to sustain; the router sheds load above it."
+        default=None,
+        gt=0,
+        description="Pipeline requests per second to sustain; the router sheds load above it.",
     )
     service_rates: list[ModelServiceRate] = Field(
         default_factory=list, max_length=64, description="Per-model service rate or service time."
@@ -206,10 +218,16 @@ class MoAPipelineSpec(KubeModel):
     aggregator: Aggregator = Field(description="The model that writes the final answer.")
     policy: Policy = Field(default_factory=Policy, description="Deadlines, quorum and error handling.")
     replicas: int = Field(default=1, ge=0, le=100, description="Router replicas.")
-    routing: Routing | None = Field(default=None, description="Gateway API route. Unset: in-cluster Service only.")
-    monitoring: PipelineMonitoring = Field(default_factory=PipelineMonitoring, description="Alerts and scraping.")
+    routing: Routing | None = Field(
+        default=None, description="Gateway API route. Unset: in-cluster Service only."
+    )
+    monitoring: PipelineMonitoring = Field(
+        default_factory=PipelineMonitoring, description="Alerts and scraping."
+    )
     capacity: Capacity = Field(default_factory=Capacity, description="Capacity inputs.")
-    resources: ResourceOverrides = Field(default_factory=ResourceOverrides, description="Router CPU and memory.")
+    resources: ResourceOverrides = Field(
+        default_factory=ResourceOverrides, description="Router CPU and memory."
+    )
 
     cel_rules: ClassVar[list[dict[str, str]]] = [
         {
@@ -254,7 +272,9 @@ class ModelLoad(StatusModel):
     model: str = Field(description="The model (moe:<name> or endpoint:<url>#<model>).")
     calls_per_request: int = Field(description="Agent slots using it, aggregator included (n).")
     replicas: int = Field(description="Replicas serving it (r).")
-    requests_per_second_per_replica: float | None = Field(default=None, description="Service rate per replica (mu).")
+    requests_per_second_per_replica: float | None = Field(
+        default=None, description="Service rate per replica (mu)."
+    )
     max_stable_requests_per_second: float | None = Field(default=None, description="r * mu / n.")
 
 
@@ -271,16 +291,24 @@ class CapacityStatus(StatusModel):
 class MoAPipelineStatus(StatusModel):
     """Observed state of a pipeline."""
 
-    observed_generation: int | None = Field(default=None, description="Generation the status was computed from.")
+    observed_generation: int | None = Field(
+        default=None, description="Generation the status was computed from."
+    )
     conditions: list[Condition] = Field(
         default_factory=list, description="Progressing, Available, Ready, Degraded, CapacityOK."
     )
-    endpoint: str | None = Field(default=None, description="In-cluster OpenAI-compatible base URL of the router.")
+    endpoint: str | None = Field(
+        default=None, description="In-cluster OpenAI-compatible base URL of the router."
+    )
     ready_replicas: int | None = Field(default=None, description="Router replicas ready to serve.")
-    agents: list[ResolvedAgent] = Field(default_factory=list, description="Agents with their resolved endpoints.")
+    agents: list[ResolvedAgent] = Field(
+        default_factory=list, description="Agents with their resolved endpoints."
+    )
     capacity: CapacityStatus | None = Field(default=None, description="Capacity figures.")
     layer_count: int | None = Field(default=None, description="Number of layers (printer column).")
-    agent_count: int | None = Field(default=None, description="Number of agents, aggregator excluded (printer column).")
+    agent_count: int | None = Field(
+        default=None, description="Number of agents, aggregator excluded (printer column)."
+    )
 
 
 class MoAPipeline(BaseModel):

@@ -30,36 +30,77 @@ class Architecture(KubeModel):
 
     total_params_b: float = Field(gt=0, le=100000, description="Total parameters, in billions (all experts).")
     active_params_b: float | None = Field(
-        default=None, gt=0, le=100000, description="Parameters active per token, in billions (MoE). Defaults to total."
+        default=None,
+        gt=0,
+        le=100000,
+        description="Parameters active per token, in billions (MoE). Defaults to total.",
     )
     num_layers: int = Field(ge=1, le=1024, description="Transformer layers (num_hidden_layers).")
     hidden_size: int = Field(ge=64, le=131072, description="Hidden size (d_model).")
     num_attention_heads: int = Field(ge=1, le=1024, description="Query attention heads.")
-    num_kv_heads: int = Field(ge=1, le=1024, description="Key/value heads (equal to attention heads for MHA).")
-    head_dim: int | None = Field(
-        default=None, ge=8, le=1024, description="Per-head dimension. Defaults to hiddenSize / numAttentionHeads."
+    num_kv_heads: int = Field(
+        ge=1, le=1024, description="Key/value heads (equal to attention heads for MHA)."
     )
-    num_experts: int = Field(default=0, ge=0, le=4096, description="Routed experts per MoE layer; 0 for dense.")
-    experts_per_token: int = Field(default=0, ge=0, le=64, description="Experts each token is routed to (top-k).")
+    head_dim: int | None = Field(
+        default=None,
+        ge=8,
+        le=1024,
+        description="Per-head dimension. Defaults to hiddenSize / numAttentionHeads.",
+    )
+    num_experts: int = Field(
+        default=0, ge=0, le=4096, description="Routed experts per MoE layer; 0 for dense."
+    )
+    experts_per_token: int = Field(
+        default=0, ge=0, le=64, description="Experts each token is routed to (top-k)."
+    )
+    dense_layers: int = Field(
+        default=0,
+        ge=0,
+        le=1024,
+        description="Leading layers with a dense MLP instead of experts (DeepSeek: 3).",
+    )
+    moe_layer_interval: int = Field(
+        default=1, ge=1, le=64, description="Every n-th remaining layer has experts (Llama 4 Maverick: 2)."
+    )
     moe_intermediate_size: int | None = Field(
-        default=None, ge=1, le=1048576, description="Intermediate size of one expert's MLP (sizes the activation peak)."
+        default=None,
+        ge=1,
+        le=1048576,
+        description="Intermediate size of one expert's MLP (sizes the activation peak).",
     )
     kv_lora_rank: int | None = Field(
-        default=None, ge=1, le=8192, description="MLA latent KV rank (DeepSeek, Kimi). Set for MLA models only."
+        default=None,
+        ge=1,
+        le=8192,
+        description="MLA latent KV rank (DeepSeek, Kimi). Set for MLA models only.",
     )
     qk_rope_head_dim: int | None = Field(
-        default=None, ge=1, le=1024, description="MLA rotary key dimension (DeepSeek, Kimi). Set with kvLoraRank."
+        default=None,
+        ge=1,
+        le=1024,
+        description="MLA rotary key dimension (DeepSeek, Kimi). Set with kvLoraRank.",
     )
     vocab_size: int = Field(
-        default=32000, ge=1, le=10000000, description="Vocabulary size (sizes the sampler's logits in profiling)."
+        default=32000,
+        ge=1,
+        le=10000000,
+        description="Vocabulary size (sizes the sampler's logits in profiling).",
     )
     sliding_window: int | None = Field(
-        default=None, ge=1, le=16777216, description="Attention window of the windowed layers (gpt-oss, Llama 4)."
+        default=None,
+        ge=1,
+        le=16777216,
+        description="Attention window of the windowed layers (gpt-oss, Llama 4).",
     )
     sliding_window_layers: int = Field(
-        default=0, ge=0, le=1024, description="How many layers attend only within slidingWindow (their KV is capped)."
+        default=0,
+        ge=0,
+        le=1024,
+        description="How many layers attend only within slidingWindow (their KV is capped).",
     )
-    max_context: int = Field(default=32768, ge=128, le=16777216, description="Longest context the model supports.")
+    max_context: int = Field(
+        default=32768, ge=128, le=16777216, description="Longest context the model supports."
+    )
     native_dtype: Dtype = Field(default="bfloat16", description="Dtype of the checkpoint's weights.")
 
     cel_rules: ClassVar[list[dict[str, str]]] = [
@@ -89,7 +130,9 @@ class Architecture(KubeModel):
             raise ValueError("numAttentionHeads must be a multiple of numKvHeads")
         if (self.num_experts == 0) != (self.experts_per_token == 0):
             raise ValueError("a MoE model sets both numExperts and expertsPerToken; a dense model neither")
-        if self.sliding_window_layers > self.num_layers or (self.sliding_window_layers and not self.sliding_window):
+        if self.sliding_window_layers > self.num_layers or (
+            self.sliding_window_layers and not self.sliding_window
+        ):
             raise ValueError("slidingWindowLayers needs slidingWindow and cannot exceed numLayers")
         return self
 
@@ -117,7 +160,10 @@ class ModelSource(KubeModel):
         "Catalog models need nothing else; others need `architecture`.",
     )
     revision: str | None = Field(
-        default=None, max_length=128, pattern=r"^[A-Za-z0-9._/-]+$", description="Branch, tag or commit to load."
+        default=None,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9._/-]+$",
+        description="Branch, tag or commit to load.",
     )
     served_model_name: str | None = Field(
         default=None,
@@ -126,14 +172,17 @@ class ModelSource(KubeModel):
         description="Name clients use in the OpenAI `model` field. Defaults to the CR's name.",
     )
     architecture: Architecture | None = Field(
-        default=None, description="Shape of a model that is not in the catalog; overrides the catalog entry if set."
+        default=None,
+        description="Shape of a model that is not in the catalog; overrides the catalog entry if set.",
     )
 
 
 class Engine(KubeModel):
     """The serving engine. vLLM on GPUs, vLLM with the Neuron plugin (neuronx) on Trainium/Inferentia."""
 
-    kind: EngineKind | None = Field(default=None, description="vllm or neuronx. Defaults from the chosen accelerator.")
+    kind: EngineKind | None = Field(
+        default=None, description="vllm or neuronx. Defaults from the chosen accelerator."
+    )
     image: str | None = Field(
         default=None, max_length=512, description="Container image. Defaults to the engine's pinned release."
     )
@@ -160,7 +209,9 @@ class Speculative(KubeModel):
         default=None, max_length=256, description="Draft model id (draft_model, eagle, eagle3)."
     )
     num_speculative_tokens: int = Field(default=3, ge=1, le=16, description="Tokens proposed per step.")
-    draft_tensor_parallel_size: int | None = Field(default=None, ge=1, le=64, description="TP of the draft model.")
+    draft_tensor_parallel_size: int | None = Field(
+        default=None, ge=1, le=64, description="TP of the draft model."
+    )
 
     cel_rules: ClassVar[list[dict[str, str]]] = [
         {
@@ -187,7 +238,10 @@ class Serving(KubeModel):
         "At least one sequence of this length must fit in the KV cache.",
     )
     max_num_seqs: int | None = Field(
-        default=None, ge=1, le=65536, description="Most sequences batched at once. Defaults per hardware (vLLM)."
+        default=None,
+        ge=1,
+        le=65536,
+        description="Most sequences batched at once. Defaults per hardware (vLLM).",
     )
     max_num_batched_tokens: int | None = Field(
         default=None,
@@ -205,9 +259,12 @@ class Serving(KubeModel):
         default="auto", description="KV-cache dtype: auto (the model's dtype) or fp8 (half the memory)."
     )
     quantization: Quantization | None = Field(
-        default=None, description="Weight quantization. Unset: the checkpoint's own (native FP8/MXFP4 counted as such)."
+        default=None,
+        description="Weight quantization. Unset: the checkpoint's own (native FP8/MXFP4 counted as such).",
     )
-    enable_prefix_caching: bool = Field(default=True, description="Reuse KV cache across shared prompt prefixes.")
+    enable_prefix_caching: bool = Field(
+        default=True, description="Reuse KV cache across shared prompt prefixes."
+    )
     enable_chunked_prefill: bool = Field(default=True, description="Split long prefills into chunks.")
     speculative: Speculative | None = Field(default=None, description="Speculative decoding.")
 
@@ -252,23 +309,35 @@ class Placement(KubeModel):
         "(most memory bandwidth, fewest nodes).",
     )
     tensor_parallel_size: int | None = Field(
-        default=None, ge=1, le=128, description="Tensor-parallel size (a power of two). NeuronCores on Neuron."
+        default=None,
+        ge=1,
+        le=128,
+        description="Tensor-parallel size (a power of two). NeuronCores on Neuron.",
     )
     pipeline_parallel_size: int | None = Field(
-        default=None, ge=1, le=64, description="Pipeline-parallel size: stages, one node each when over a node."
+        default=None,
+        ge=1,
+        le=64,
+        description="Pipeline-parallel size: stages, one node each when over a node.",
     )
     data_parallel_size: int | None = Field(
-        default=None, ge=1, le=64, description="Data-parallel size inside one replica (with expert parallelism)."
+        default=None,
+        ge=1,
+        le=64,
+        description="Data-parallel size inside one replica (with expert parallelism).",
     )
     expert_parallel: bool | None = Field(
         default=None,
         description="Expert parallelism. Default: on for MoE models when tensorParallelSize x dataParallelSize > 1.",
     )
     node_selector: dict[str, str] = Field(
-        default_factory=dict, description="Extra node labels the pods must match (the instance type is added)."
+        default_factory=dict,
+        description="Extra node labels the pods must match (the instance type is added).",
     )
     tolerations: list[Toleration] = Field(
-        default_factory=list, max_length=32, description="Extra tolerations (GPU/Neuron taints are tolerated already)."
+        default_factory=list,
+        max_length=32,
+        description="Extra tolerations (GPU/Neuron taints are tolerated already).",
     )
 
     cel_rules: ClassVar[list[dict[str, str]]] = [
@@ -293,15 +362,23 @@ class Alerts(KubeModel):
 
     enabled: bool = Field(default=True, description="Render the PrometheusRule.")
     p95_latency_seconds: float = Field(
-        default=30.0, gt=0, le=3600, description="Alert when p95 end-to-end latency stays above this for 5 minutes."
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Alert when p95 end-to-end latency stays above this for 5 minutes.",
     )
     time_to_first_token_p95_seconds: float = Field(
-        default=10.0, gt=0, le=3600, description="Alert when p95 time to first token stays above this for 5 minutes."
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="Alert when p95 time to first token stays above this for 5 minutes.",
     )
     kv_cache_usage_percent: float = Field(
         default=95.0, gt=0, le=100, description="Alert when KV-cache usage stays above this percentage."
     )
-    waiting_requests: int = Field(default=100, ge=1, le=1000000, description="Alert when more requests wait than this.")
+    waiting_requests: int = Field(
+        default=100, ge=1, le=1000000, description="Alert when more requests wait than this."
+    )
 
 
 class ServiceMonitorSpec(KubeModel):
@@ -315,7 +392,9 @@ class Monitoring(KubeModel):
     """Alerts and scraping."""
 
     alerts: Alerts = Field(default_factory=Alerts, description="PrometheusRule alerts.")
-    service_monitor: ServiceMonitorSpec = Field(default_factory=ServiceMonitorSpec, description="ServiceMonitor.")
+    service_monitor: ServiceMonitorSpec = Field(
+        default_factory=ServiceMonitorSpec, description="ServiceMonitor."
+    )
 
 
 class Credentials(KubeModel):
@@ -343,7 +422,9 @@ class MoEModelSpec(KubeModel):
 
     model: ModelSource = Field(description="The model to serve.")
     engine: Engine = Field(default_factory=Engine, description="Serving engine and its image.")
-    serving: Serving = Field(default_factory=Serving, description="Context length, batching and memory settings.")
+    serving: Serving = Field(
+        default_factory=Serving, description="Context length, batching and memory settings."
+    )
     placement: Placement = Field(default_factory=Placement, description="Instance types and parallelism.")
     replicas: int | None = Field(
         default=None,
@@ -351,7 +432,9 @@ class MoEModelSpec(KubeModel):
         le=1000,
         description="Model-server replicas. Unset: an external autoscaler (HPA, KEDA) owns the count.",
     )
-    routing: Routing | None = Field(default=None, description="Gateway API route. Unset: in-cluster Service only.")
+    routing: Routing | None = Field(
+        default=None, description="Gateway API route. Unset: in-cluster Service only."
+    )
     monitoring: Monitoring = Field(default_factory=Monitoring, description="Alerts and ServiceMonitor.")
     credentials: Credentials = Field(default_factory=Credentials, description="Secrets the engine needs.")
     storage: Storage = Field(default_factory=Storage, description="Model cache storage.")
@@ -371,7 +454,9 @@ class MoEModelSpec(KubeModel):
     def _check_engine_matches_accelerator(self) -> MoEModelSpec:
         kind, accel = self.engine.kind, self.placement.accelerator
         if kind is not None and accel != "any" and (kind == "vllm") != (accel == "gpu"):
-            raise ValueError("engine.kind must match placement.accelerator: vllm runs on gpu, neuronx on neuron")
+            raise ValueError(
+                "engine.kind must match placement.accelerator: vllm runs on gpu, neuronx on neuron"
+            )
         return self
 
 
@@ -410,13 +495,19 @@ class PlanSummary(StatusModel):
 class MoEModelStatus(StatusModel):
     """Observed state of a served model."""
 
-    observed_generation: int | None = Field(default=None, description="Generation the status was computed from.")
-    conditions: list[Condition] = Field(default_factory=list, description="Planned, Progressing, Available, Ready, Degraded.")
+    observed_generation: int | None = Field(
+        default=None, description="Generation the status was computed from."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Planned, Progressing, Available, Ready, Degraded."
+    )
     plan: PlanSummary | None = Field(default=None, description="The chosen plan.")
     endpoint: str | None = Field(default=None, description="In-cluster OpenAI-compatible base URL.")
     replicas: int | None = Field(default=None, description="Replicas that exist.")
     ready_replicas: int | None = Field(default=None, description="Replicas ready to serve.")
-    selector: str | None = Field(default=None, description="Label selector of the pods (for the scale subresource).")
+    selector: str | None = Field(
+        default=None, description="Label selector of the pods (for the scale subresource)."
+    )
 
 
 class ObjectMeta(BaseModel):

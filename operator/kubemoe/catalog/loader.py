@@ -74,7 +74,9 @@ def _parse(text: str, origin: str) -> tuple[list[ModelEntry], list[InstanceEntry
 def _files(path: Path) -> list[Path]:
     if path.is_dir():
         # A mounted ConfigMap also holds `..data` links and dot-files; take only the keys.
-        return sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and not p.name.startswith("."))
+        return sorted(
+            p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and not p.name.startswith(".")
+        )
     if path.is_file():
         return [path]
     raise CatalogError(f"{path}: no such catalog file or directory")

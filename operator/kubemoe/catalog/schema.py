@@ -22,8 +22,12 @@ class Recipe(CatalogModel):
     """A published vLLM recipe's sizing, used to calibrate the planner (tech-facts §7.3)."""
 
     vram_minimum_gb: float = Field(gt=0, description="The recipe's minimum total accelerator memory, in GB.")
-    max_model_len: int | None = Field(default=None, description="Context length the figure assumes, if stated.")
-    quantization: str | None = Field(default=None, description="Weight format the figure is for (fp8, mxfp4, ...).")
+    max_model_len: int | None = Field(
+        default=None, description="Context length the figure assumes, if stated."
+    )
+    quantization: str | None = Field(
+        default=None, description="Weight format the figure is for (fp8, mxfp4, ...)."
+    )
     source: str = Field(description="Where the figure comes from.")
 
 
@@ -47,24 +51,35 @@ class ModelEntry(CatalogModel):
 class InstanceEntry(CatalogModel):
     """One instance type of the catalog."""
 
-    name: str = Field(description="Instance type, also the node label value of node.kubernetes.io/instance-type.")
+    name: str = Field(
+        description="Instance type, also the node label value of node.kubernetes.io/instance-type."
+    )
     accelerator_kind: Literal["gpu", "neuron"]
     accelerator_model: str = Field(description="e.g. A100-40GB, H100, Trainium2.")
     devices_per_node: int = Field(ge=1, description="GPUs, or Neuron chips, per node.")
     cores_per_device: int = Field(
-        default=1, ge=1, description="Tensor-parallel ranks per device: 1 for GPUs; logical NeuronCores per chip."
+        default=1,
+        ge=1,
+        description="Tensor-parallel ranks per device: 1 for GPUs; logical NeuronCores per chip.",
     )
     memory_per_device_mib: int = Field(
-        ge=1024, description="Memory of one device as the runtime reports it (nvidia-smi MiB; Neuron HBM per chip)."
+        ge=1024,
+        description="Memory of one device as the runtime reports it (nvidia-smi MiB; Neuron HBM per chip).",
     )
-    memory_bandwidth_gbps: float = Field(gt=0, description="Memory bandwidth per device, GB/s (latency ranking).")
+    memory_bandwidth_gbps: float = Field(
+        gt=0, description="Memory bandwidth per device, GB/s (latency ranking)."
+    )
     interconnect: str = Field(description="Intra-node interconnect, e.g. NVSwitch, PCIe, NeuronLink-v3.")
-    interconnect_gbps: float | None = Field(default=None, description="Intra-node bandwidth per device, GB/s.")
+    interconnect_gbps: float | None = Field(
+        default=None, description="Intra-node bandwidth per device, GB/s."
+    )
     efa: bool = Field(description="Whether the instance has EFA for multi-node traffic.")
     network_gbps: float = Field(description="Network bandwidth of the node, Gbit/s.")
     vcpus: int = Field(ge=1)
     host_memory_gib: int = Field(ge=1)
-    price_per_hour: float | None = Field(default=None, description="On-demand us-east-1 $/hour; null when unlisted.")
+    price_per_hour: float | None = Field(
+        default=None, description="On-demand us-east-1 $/hour; null when unlisted."
+    )
     price_source: str = Field(description="Where the price comes from, or why it is missing.")
     resource_name: Literal["nvidia.com/gpu", "aws.amazon.com/neuron"] = Field(
         description="Extended resource the device plugin advertises per device."

@@ -14,7 +14,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from kubemoe.api.moemodel import Architecture, MemoryBreakdown, MoEModelSpec
+from kubemoe.api.moemodel import Architecture, MemoryBreakdown, MoEModelSpec, Serving
 from kubemoe.catalog.loader import Catalog
 from kubemoe.catalog.schema import InstanceEntry, ModelEntry
 from kubemoe.planner import memory as mem
@@ -24,6 +24,8 @@ from kubemoe.planner.types import Alternative, Plan, PlanReason, RecipeCompariso
 
 GIB = mem.GIB
 MAX_ALTERNATIVES = 24
+#: vLLM 0.33's default --gpu-memory-utilization (vllm/config/cache.py), the setting published recipes run at.
+VLLM_DEFAULT_GPU_MEMORY_UTILIZATION = 0.92
 
 
 @dataclass(frozen=True)
@@ -182,7 +184,8 @@ def allowed_instances(spec: MoEModelSpec, entry: ModelEntry | None, catalog: Cat
     if not kept:
         raise PlanningError(
             PlanReason.NO_MATCHING_INSTANCE,
-            "no instance type matches the placement: " + "; ".join(dropped)
+            "no instance type matches the placement: "
+            + "; ".join(dropped)
             + ". Widen spec.placement.instanceTypes or spec.placement.accelerator",
         )
     return kept
@@ -328,7 +331,11 @@ def _layouts(ctx: Context, instances: Iterable[InstanceEntry]) -> list[Layout]:
     out: list[Layout] = []
     for inst in instances:
         per_node = inst.ranks_per_node
-        tps = [p.tensor_parallel_size] if p.tensor_parallel_size else [2**i for i in range(8) if 2**i <= per_node]
+        tps = (
+            [p.tensor_parallel_size]
+            if p.tensor_parallel_size
+            else [2**i for i in range(8) if 2**i <= per_node]
+        )
         dps = [p.data_parallel_size or 1]
         for tp in tps:
             for dp in dps:
@@ -336,7 +343,9 @@ def _layouts(ctx: Context, instances: Iterable[InstanceEntry]) -> list[Layout]:
                     pps = [p.pipeline_parallel_size]
                 else:
                     # Extra stages only to span nodes: within a node a larger TP beats a pipeline.
-                    pps = [1] + ([*range(2, ctx.settings.max_nodes_per_replica + 1)] if tp * dp == per_node else [])
+                    pps = [1] + (
+                        [*range(2, ctx.settings.max_nodes_per_replica + 1)] if tp * dp == per_node else []
+                    )
                 out.extend(Layout(inst, tp, pp, dp, _expert_parallel(ctx, tp, dp)) for pp in pps)
     return out
 
@@ -411,7 +420,19 @@ def _choice_reason(strategy: str, ctx: Context, best: Candidate, runner_up: Cand
 
 
 def _candidates(ctx: Context, instances: list[InstanceEntry]) -> list[Candidate]:
-    return [evaluate(ctx, layout) for layout in _layouts(ctx, instances)]
+    """Every layout, sized; pipelines grow one node at a time only until one fits (a longer pipeline of
+    the same TP costs more and is slower, so it is no alternative worth showing)."""
+    out: list[Candidate] = []
+    fitted: set[tuple[str, int, int]] = set()
+    for layout in _layouts(ctx, instances):
+        key = (layout.instance.name, layout.tp, layout.dp)
+        if key in fitted:
+            continue
+        candidate = evaluate(ctx, layout)
+        out.append(candidate)
+        if candidate.feasible:
+            fitted.add(key)
+    return out
 
 
 def _rank(ctx: Context, candidates: list[Candidate]) -> list[Candidate]:
@@ -421,7 +442,9 @@ def _rank(ctx: Context, candidates: list[Candidate]) -> list[Candidate]:
 
 def _has_overrides(spec: MoEModelSpec) -> bool:
     p = spec.placement
-    return any(v is not None for v in (p.tensor_parallel_size, p.pipeline_parallel_size, p.data_parallel_size))
+    return any(
+        v is not None for v in (p.tensor_parallel_size, p.pipeline_parallel_size, p.data_parallel_size)
+    )
 
 
 def _without_overrides(spec: MoEModelSpec) -> MoEModelSpec:
@@ -431,9 +454,7 @@ def _without_overrides(spec: MoEModelSpec) -> MoEModelSpec:
     return spec.model_copy(update={"placement": placement})
 
 
-def plan_placement(
-    spec: MoEModelSpec, catalog: Catalog, settings: PlannerSettings | None = None
-) -> Plan:
+def plan_placement(spec: MoEModelSpec, catalog: Catalog, settings: PlannerSettings | None = None) -> Plan:
     """The best feasible plan for `spec`, or a PlanningError that says what to change."""
     settings = settings or PlannerSettings()
     ctx = _context(spec, catalog, settings)
@@ -467,7 +488,9 @@ def _no_plan_error(
             hint = f"; a plan that fits: TP {fallback.tensor_parallel_size}"
             if fallback.pipeline_parallel_size > 1:
                 hint += f" x PP {fallback.pipeline_parallel_size}"
-            hint += f" on {fallback.instance_type} (remove the explicit parallelism to let the planner choose)"
+            hint += (
+                f" on {fallback.instance_type} (remove the explicit parallelism to let the planner choose)"
+            )
         except PlanningError:
             hint = "; no layout fits these instance types at all: allow larger instances or lower maxModelLen"
         what = ", ".join(
@@ -513,7 +536,9 @@ def _to_plan(
         notes.append("model not in the catalog: sized from spec.model.architecture")
     weight_dtype = ctx.spec.serving.quantization or ctx.arch.native_dtype
     if weight_dtype == "fp8" and inst.accelerator_kind == "gpu" and not inst.fp8:
-        notes.append(f"{inst.accelerator_model} has no FP8 compute: vLLM runs FP8 weights weight-only (Marlin)")
+        notes.append(
+            f"{inst.accelerator_model} has no FP8 compute: vLLM runs FP8 weights weight-only (Marlin)"
+        )
     plan = Plan(
         model_id=ctx.entry.id if ctx.entry else ctx.spec.model.name,
         instance_type=inst.name,
@@ -524,7 +549,10 @@ def _to_plan(
         core_resource_name=inst.core_resource_name,
         nodes=layout.nodes,
         devices_per_node=layout.devices_per_node,
+        node_devices=inst.devices_per_node,
         ranks_per_node=layout.ranks_per_node,
+        pod_cpu=_host_share(inst.vcpus, layout),
+        pod_memory_gib=_host_share(inst.host_memory_gib, layout),
         tensor_parallel_size=layout.tp,
         pipeline_parallel_size=layout.pp,
         data_parallel_size=layout.dp,
@@ -553,6 +581,13 @@ def _to_plan(
     return plan
 
 
+def _host_share(total: int, layout: Layout) -> int:
+    """A pod's share of the node's CPU or memory, in proportion to the devices it takes, less 10 % for the
+    kubelet and system daemons (a whole-node replica must still fit the node's allocatable)."""
+    share = layout.devices_per_node / layout.instance.devices_per_node
+    return max(1, math.floor(total * share * 0.9))
+
+
 def _breakdown(s: Sizing) -> MemoryBreakdown:
     def r(x: float) -> float:
         return round(x / GIB, 2)
@@ -570,9 +605,7 @@ def _breakdown(s: Sizing) -> MemoryBreakdown:
 
 def smallest_footprint_gb(ctx: Context, catalog: Catalog) -> float | None:
     """The least device memory (GB, all ranks) any feasible layout on any catalog instance needs."""
-    instances = [
-        i for i in catalog.instances.values() if i.accelerator_kind == "gpu"
-    ]
+    instances = [i for i in catalog.instances.values() if i.accelerator_kind == "gpu"]
     feasible = [c for c in _candidates(ctx, instances) if c.feasible and c.sizing]
     if not feasible:
         return None
@@ -584,11 +617,11 @@ def _recipe_comparison(ctx: Context, catalog: Catalog) -> RecipeComparison | Non
     recipe = ctx.entry.recipe if ctx.entry else None
     if recipe is None or ctx.entry is None:
         return None
-    serving = ctx.spec.serving.model_copy(
-        update={
-            "max_model_len": recipe.max_model_len or min(ctx.arch.max_context, ctx.settings.default_max_model_len_cap),
-            "quantization": recipe.quantization if recipe.quantization not in (None, ctx.arch.native_dtype) else None,
-        }
+    # The recipes launch a bare `vllm serve MODEL`, so their settings are vLLM's defaults: the model's full
+    # context and gpu_memory_utilization 0.92, in the checkpoint's own weight format.
+    serving = Serving(
+        max_model_len=recipe.max_model_len or ctx.arch.max_context,
+        gpu_memory_utilization=VLLM_DEFAULT_GPU_MEMORY_UTILIZATION,
     )
     spec = MoEModelSpec(model=ctx.spec.model, serving=serving)
     recipe_ctx = _context(spec, catalog, ctx.settings)

@@ -61,7 +61,10 @@ class Plan(BaseModel):
     core_resource_name: str | None = None
     nodes: int
     devices_per_node: int = Field(description="Devices (GPUs or Neuron chips) requested on each node.")
+    node_devices: int = Field(description="Devices one node of the instance type has.")
     ranks_per_node: int = Field(description="Tensor-parallel ranks on each node (GPUs or NeuronCores).")
+    pod_cpu: int = Field(description="CPU cores to request per pod: the node's share for the devices used.")
+    pod_memory_gib: int = Field(description="Host memory (GiB) to request per pod, likewise.")
     tensor_parallel_size: int
     pipeline_parallel_size: int
     data_parallel_size: int
@@ -79,7 +82,9 @@ class Plan(BaseModel):
     concurrent_sequences: int
     cost_per_hour: float | None
     latency_score: float = Field(description="Relative per-token decode time (lower is faster).")
-    footprint_gb: float = Field(description="Accelerator memory the replica needs at these settings, all ranks.")
+    footprint_gb: float = Field(
+        description="Accelerator memory the replica needs at these settings, all ranks."
+    )
     trust_remote_code: bool = False
     neuron_path: str = "none"
     reason: str

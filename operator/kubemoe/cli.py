@@ -1,0 +1,273 @@
+"""`kubemoe`: plan and render offline, print the catalogs and CRDs (the operator and router come later).
+
+Bad input ends with one `error:` message naming the field and what to do, and exit status 1 (2 for bad
+usage); never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from kubemoe.api.crd import all_crds, dump_crd
+from kubemoe.api.moemodel import MoEModel, MoEModelSpec
+from kubemoe.catalog.loader import Catalog, CatalogError, load_catalog
+from kubemoe.documents import DocumentError, format_validation_error, load_documents
+from kubemoe.planner import Plan, PlanningError, plan_placement
+from kubemoe.render import EngineDialectError
+from kubemoe.render.all import render_documents
+
+
+class CliError(Exception):
+    """A problem with the user's input, reported as one message."""
+
+
+def _read_input(path: str) -> tuple[str, str]:
+    if path == "-":
+        return sys.stdin.read(), "<stdin>"
+    try:
+        return Path(path).read_text(), path
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+def _dump(objects: Any, fmt: str, out: TextIO) -> None:
+    if fmt == "json":
+        json.dump(objects, out, indent=2)
+        out.write("\n")
+    else:
+        yaml.safe_dump(objects, out, sort_keys=False, width=120)
+
+
+# ---------------------------------------------------------------------------------------------- plan
+
+
+def _spec_from_args(args: argparse.Namespace) -> list[tuple[str, MoEModelSpec]]:
+    if args.file:
+        text, origin = _read_input(args.file)
+        models = [d for d in load_documents(text, origin) if isinstance(d, MoEModel)]
+        if not models:
+            raise CliError(f"{origin}: no MoEModel documents to plan")
+        return [(m.metadata.name, m.spec) for m in models]
+    if not args.model:
+        raise CliError("give a MODEL (e.g. mistralai/Mixtral-8x7B-Instruct-v0.1) or -f FILE")
+    raw: dict[str, Any] = {
+        "model": {"name": args.model},
+        "serving": {},
+        "placement": {"accelerator": args.accelerator, "strategy": args.strategy},
+    }
+    serving, placement = raw["serving"], raw["placement"]
+    if args.max_model_len:
+        serving["maxModelLen"] = args.max_model_len
+    if args.kv_cache_dtype:
+        serving["kvCacheDtype"] = args.kv_cache_dtype
+    if args.quantization:
+        serving["quantization"] = args.quantization
+    if args.gpu_memory_utilization:
+        serving["gpuMemoryUtilization"] = args.gpu_memory_utilization
+    if args.instance_type:
+        placement["instanceTypes"] = args.instance_type
+    for key, value in (
+        ("tensorParallelSize", args.tensor_parallel_size),
+        ("pipelineParallelSize", args.pipeline_parallel_size),
+        ("dataParallelSize", args.data_parallel_size),
+    ):
+        if value:
+            placement[key] = value
+    from pydantic import ValidationError
+
+    try:
+        return [(args.model, MoEModelSpec.model_validate(raw))]
+    except ValidationError as exc:
+        raise CliError(format_validation_error(exc, "arguments")) from exc
+
+
+def _plan_table(name: str, plan: Plan) -> str:
+    m = plan.memory
+    price = f"${plan.cost_per_hour:.2f}/h" if plan.cost_per_hour is not None else "no on-demand price"
+    lines = [
+        f"{name}: {plan.model_id}",
+        f"  instance      {plan.instance_type} ({plan.accelerator_model}), {plan.nodes} node(s) x "
+        f"{plan.devices_per_node} device(s), {price} per replica",
+        f"  engine        {plan.engine}; TP {plan.tensor_parallel_size}, PP {plan.pipeline_parallel_size}, "
+        f"DP {plan.data_parallel_size}, EP {plan.expert_parallel_size or 'off'}",
+        f"  serving       maxModelLen {plan.max_model_len}, maxNumSeqs {plan.max_num_seqs}, "
+        f"maxNumBatchedTokens {plan.max_num_batched_tokens}, KV {plan.kv_cache_dtype}",
+        f"  capacity      {plan.concurrent_sequences} concurrent full-length sequences; weights "
+        f"{plan.weights_total_gb:.1f} GB in all",
+        "  memory per rank (GiB):",
+        f"    device {m.device_gib:>8.2f}   usable {m.usable_gib:.2f} at {plan.gpu_memory_utilization:.2f}, "
+        f"headroom {m.headroom_gib:.2f}",
+        f"    weights {m.weights_gib:>7.2f}   activations {m.activation_gib:.2f}   overhead {m.overhead_gib:.2f}",
+        f"    KV cache {m.kv_cache_gib:>6.2f}   ({plan.kv_bytes_per_token_per_rank / 1024:.1f} KiB per token)",
+        f"  why           {plan.reason}",
+    ]
+    lines += [f"  note          {n}" for n in plan.notes]
+    if plan.recipe is not None:
+        r = plan.recipe
+        lines.append(
+            f"  vs recipe     smallest footprint {r.planned_gb:.0f} GB vs the vLLM recipe's {r.recipe_gb:.0f} GB "
+            f"minimum ({(r.ratio - 1) * 100:+.0f} %; {r.source})"
+        )
+    if plan.alternatives:
+        lines.append("  alternatives:")
+        for a in plan.alternatives[:12]:
+            cost = f"${a.cost_per_hour:.2f}/h" if a.cost_per_hour is not None else "-"
+            mark = "ok " if a.feasible else "no "
+            lines.append(
+                f"    {mark}{a.instance_type:<17} TP {a.tensor_parallel_size:<3} PP {a.pipeline_parallel_size:<2} "
+                f"{cost:>10}  {a.reason}"
+            )
+    return "\n".join(lines)
+
+
+def cmd_plan(args: argparse.Namespace, catalog: Catalog) -> int:
+    results = []
+    for name, spec in _spec_from_args(args):
+        plan = plan_placement(spec, catalog)
+        results.append((name, plan))
+    if args.output == "table":
+        print("\n\n".join(_plan_table(n, p) for n, p in results))
+    else:
+        payload = [p.model_dump(mode="json") for _, p in results]
+        _dump(payload[0] if len(payload) == 1 else payload, args.output, sys.stdout)
+    return 0
+
+
+# -------------------------------------------------------------------------------------------- render
+
+
+def cmd_render(args: argparse.Namespace, catalog: Catalog) -> int:
+    text, origin = _read_input(args.file)
+    objects = render_documents(load_documents(text, origin), catalog)
+    if args.output == "json":
+        _dump({"apiVersion": "v1", "kind": "List", "items": objects}, "json", sys.stdout)
+    else:
+        yaml.safe_dump_all(objects, sys.stdout, sort_keys=False, width=120)
+    return 0
+
+
+# ------------------------------------------------------------------------------------- catalog, crds
+
+
+def cmd_catalog(args: argparse.Namespace, catalog: Catalog) -> int:
+    if args.table == "models":
+        rows: list[Any] = [
+            m.model_dump(by_alias=True, exclude_none=True, mode="json") for m in catalog.models.values()
+        ]
+        if args.output == "table":
+            print(f"{'MODEL':<48} {'PARAMS':>8} {'ACTIVE':>7} {'EXPERTS':>8} {'CONTEXT':>8} DTYPE")
+            for m in catalog.models.values():
+                a = m.architecture
+                experts = f"{a.num_experts}/{a.experts_per_token}" if a.is_moe else "dense"
+                active = f"{a.active_params_b:g}B" if a.active_params_b else "-"
+                print(
+                    f"{m.id:<48} {a.total_params_b:>7g}B {active:>7} {experts:>8} {a.max_context:>8} {a.native_dtype}"
+                )
+            return 0
+    else:
+        rows = [
+            i.model_dump(by_alias=True, exclude_none=True, mode="json") for i in catalog.instances.values()
+        ]
+        if args.output == "table":
+            print(
+                f"{'INSTANCE':<18} {'ACCELERATOR':<12} {'DEVICES':>7} {'MiB/DEVICE':>10} {'$/HOUR':>9} RESOURCE"
+            )
+            for i in sorted(catalog.instances.values(), key=lambda i: i.name):
+                price = f"{i.price_per_hour:.2f}" if i.price_per_hour is not None else "-"
+                print(
+                    f"{i.name:<18} {i.accelerator_model:<12} {i.devices_per_node:>7} "
+                    f"{i.memory_per_device_mib:>10} {price:>9} {i.resource_name}"
+                )
+            return 0
+    _dump({args.table: rows}, args.output, sys.stdout)
+    return 0
+
+
+def cmd_crds(args: argparse.Namespace, catalog: Catalog) -> int:
+    crds = all_crds()
+    if args.output_dir:
+        out = Path(args.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for filename, crd in crds.items():
+            (out / filename).write_text(dump_crd(crd))
+            print(f"wrote {out / filename}")
+    else:
+        sys.stdout.write("---\n".join(dump_crd(c) for c in crds.values()))
+    return 0
+
+
+# -------------------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kubemoe", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument(
+        "--catalog",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="catalog override file or directory (same format as the shipped tables); repeatable",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    plan = sub.add_parser("plan", help="plan the placement of a model")
+    plan.add_argument("model", nargs="?", help="model id, e.g. mistralai/Mixtral-8x7B-Instruct-v0.1")
+    plan.add_argument("-f", "--file", help="plan every MoEModel in this YAML file (- for stdin)")
+    plan.add_argument("--max-model-len", type=int)
+    plan.add_argument("--instance-type", action="append", help="allowed instance type; repeatable")
+    plan.add_argument("--accelerator", choices=["gpu", "neuron", "any"], default="any")
+    plan.add_argument(
+        "--strategy", choices=["cheapest", "fewest-accelerators", "lowest-latency"], default="cheapest"
+    )
+    plan.add_argument("--tensor-parallel-size", type=int)
+    plan.add_argument("--pipeline-parallel-size", type=int)
+    plan.add_argument("--data-parallel-size", type=int)
+    plan.add_argument("--kv-cache-dtype", choices=["auto", "fp8"])
+    plan.add_argument("--quantization")
+    plan.add_argument("--gpu-memory-utilization", type=float)
+    plan.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
+    plan.set_defaults(func=cmd_plan)
+
+    render = sub.add_parser("render", help="print the manifests the operator would apply for CRs")
+    render.add_argument(
+        "-f", "--file", required=True, help="YAML file of MoEModels/MoAPipelines (- for stdin)"
+    )
+    render.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
+    render.set_defaults(func=cmd_render)
+
+    catalog = sub.add_parser("catalog", help="print the model or instance table")
+    catalog.add_argument("table", choices=["models", "instances"])
+    catalog.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
+    catalog.set_defaults(func=cmd_catalog)
+
+    crds = sub.add_parser("crds", help="print (or write) the CustomResourceDefinitions")
+    crds.add_argument("--output-dir", help="write one file per CRD into this directory")
+    crds.set_defaults(func=cmd_crds)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        catalog = load_catalog(args.catalog)
+        result: int = args.func(args, catalog)
+        return result
+    except PlanningError as exc:
+        print(f"error: {exc.reason.value}: {exc.message}", file=sys.stderr)
+    except (CliError, DocumentError, CatalogError, EngineDialectError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    except BrokenPipeError:  # `kubemoe render ... | head`
+        return 0
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
