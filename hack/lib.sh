@@ -7,6 +7,12 @@ HACK_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=hack/versions.env
 . "$HACK_DIR/versions.env"
 
+# CI may run with a scrubbed environment; Go needs HOME (or GOCACHE/GOPATH) to find its caches.
+if [ -z "${HOME:-}" ]; then
+  HOME=$(getent passwd "$(id -u)" | cut -d: -f6)
+  export HOME
+fi
+
 # Everything built lives outside the repo, keyed by version, so a fresh clone reuses it
 # and a version bump never mixes binaries of two releases.
 KUBEMOE_CACHE=${KUBEMOE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kubemoe}
