@@ -16,12 +16,15 @@ from typing import Any, TextIO
 import yaml
 
 from kubemoe.api.crd import all_crds, dump_crd
+from kubemoe.api.moapipeline import MoAPipeline
 from kubemoe.api.moemodel import MoEModel, MoEModelSpec
 from kubemoe.catalog.loader import Catalog, CatalogError, load_catalog
-from kubemoe.documents import DocumentError, format_validation_error, load_documents
+from kubemoe.documents import CustomResource, DocumentError, format_validation_error, load_documents
 from kubemoe.planner import Plan, PlanningError, plan_placement
-from kubemoe.render import EngineDialectError
+from kubemoe.planner.pipeline import PipelinePlan, plan_pipeline
+from kubemoe.render import EngineDialectError, model_endpoint
 from kubemoe.render.all import render_documents
+from kubemoe.render.engine import served_model_name
 
 
 class CliError(Exception):
@@ -50,11 +53,7 @@ def _dump(objects: Any, fmt: str, out: TextIO) -> None:
 
 def _spec_from_args(args: argparse.Namespace) -> list[tuple[str, MoEModelSpec]]:
     if args.file:
-        text, origin = _read_input(args.file)
-        models = [d for d in load_documents(text, origin) if isinstance(d, MoEModel)]
-        if not models:
-            raise CliError(f"{origin}: no MoEModel documents to plan")
-        return [(m.metadata.name, m.spec) for m in models]
+        return [(m.metadata.name, m.spec) for m in _file_documents(args) if isinstance(m, MoEModel)]
     if not args.model:
         raise CliError("give a MODEL (e.g. mistralai/Mixtral-8x7B-Instruct-v0.1) or -f FILE")
     raw: dict[str, Any] = {
@@ -127,15 +126,74 @@ def _plan_table(name: str, plan: Plan) -> str:
     return "\n".join(lines)
 
 
+def _file_documents(args: argparse.Namespace) -> list[CustomResource]:
+    text, origin = _read_input(args.file)
+    return load_documents(text, origin)
+
+
+def _pipeline_plans(docs: list[CustomResource]) -> list[tuple[str, PipelinePlan]]:
+    models = {(m.metadata.namespace, m.metadata.name): m for m in docs if isinstance(m, MoEModel)}
+    out = []
+    for doc in docs:
+        if not isinstance(doc, MoAPipeline):
+            continue
+        ns = doc.metadata.namespace
+        refs = [a for layer in doc.spec.layers for a in layer.agents] + [doc.spec.aggregator]
+        endpoints: dict[str, tuple[str, str]] = {}
+        replicas: dict[str, int] = {}
+        for ref in refs:
+            if ref.moe_model_ref is not None:
+                name = ref.moe_model_ref.name
+                model = models.get((ns, name))
+                served = served_model_name(model.spec, name) if model else name
+                endpoints[ref.model_key] = (model_endpoint(name, ns), served)
+                replicas[ref.model_key] = (model.spec.replicas or 1) if model else 1
+            elif ref.endpoint is not None:
+                endpoints[ref.model_key] = (ref.endpoint.url, ref.endpoint.model)
+        out.append((doc.metadata.name, plan_pipeline(doc, endpoints=endpoints, ready={}, replicas=replicas)))
+    return out
+
+
+def _pipeline_table(name: str, plan: PipelinePlan) -> str:
+    lines = [f"{name}: Mixture-of-Agents pipeline"]
+    for agent in plan.agents:
+        where = f"layer {agent.layer}" if agent.layer else "aggregator"
+        lines.append(f"  {where:<11} {agent.name:<20} {agent.model} at {agent.url}")
+    lines.append("  load per pipeline request:")
+    for load in plan.capacity.models:
+        stable = (
+            f", stable below {load.max_stable_requests_per_second:g} req/s"
+            if load.max_stable_requests_per_second is not None
+            else ""
+        )
+        lines.append(
+            f"    {load.calls_per_request} call(s) to {load.model} ({load.replicas} replica(s){stable})"
+        )
+    verdict = {True: "ok", False: "NOT OK", None: "unknown"}[plan.capacity_ok]
+    lines.append(f"  capacity      {verdict}: {plan.capacity_message}")
+    return "\n".join(lines)
+
+
 def cmd_plan(args: argparse.Namespace, catalog: Catalog) -> int:
-    results = []
-    for name, spec in _spec_from_args(args):
-        plan = plan_placement(spec, catalog)
-        results.append((name, plan))
+    results = [(name, plan_placement(spec, catalog)) for name, spec in _spec_from_args(args)]
+    pipelines = _pipeline_plans(_file_documents(args)) if args.file else []
+    if not results and not pipelines:
+        raise CliError(f"{args.file}: no MoEModel or MoAPipeline documents to plan")
     if args.output == "table":
-        print("\n\n".join(_plan_table(n, p) for n, p in results))
+        tables = [_plan_table(n, p) for n, p in results] + [_pipeline_table(n, p) for n, p in pipelines]
+        print("\n\n".join(tables))
     else:
-        payload = [p.model_dump(mode="json") for _, p in results]
+        payload: list[Any] = [p.model_dump(mode="json") for _, p in results]
+        payload += [
+            {
+                "pipeline": n,
+                "agents": [a.model_dump(by_alias=True, mode="json") for a in p.agents],
+                "capacity": p.capacity.model_dump(by_alias=True, mode="json", exclude_none=True),
+                "capacityOK": p.capacity_ok,
+                "message": p.capacity_message,
+            }
+            for n, p in pipelines
+        ]
         _dump(payload[0] if len(payload) == 1 else payload, args.output, sys.stdout)
     return 0
 

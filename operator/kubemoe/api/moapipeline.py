@@ -7,7 +7,6 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kubemoe.api.common import (
-    API_VERSION,
     DNS_LABEL,
     Condition,
     KubeModel,
@@ -317,7 +316,7 @@ class MoAPipeline(BaseModel):
     model_config = ConfigDict(populate_by_name=True, extra="ignore")
     KIND: ClassVar[str] = "MoAPipeline"
 
-    api_version: Literal["kubemoe.io/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
+    api_version: Literal["kubemoe.io/v1alpha1"] = Field(default="kubemoe.io/v1alpha1", alias="apiVersion")
     kind: Literal["MoAPipeline"] = "MoAPipeline"
     metadata: ObjectMeta
     spec: MoAPipelineSpec

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from kubemoe.api.common import (
-    API_VERSION,
     DNS_LABEL,
     DNS_SUBDOMAIN,
     Condition,
@@ -350,11 +349,12 @@ class Placement(KubeModel):
         }
     ]
 
-    @model_validator(mode="after")
-    def _check_tp(self) -> Placement:
-        if self.tensor_parallel_size is not None and not _is_power_of_two(self.tensor_parallel_size):
-            raise ValueError("tensorParallelSize must be a power of two (1, 2, 4, 8, ...)")
-        return self
+    @field_validator("tensor_parallel_size")
+    @classmethod
+    def _check_tp(cls, value: int | None) -> int | None:
+        if value is not None and not _is_power_of_two(value):
+            raise ValueError("must be a power of two (1, 2, 4, 8, ...)")
+        return value
 
 
 class Alerts(KubeModel):
@@ -529,7 +529,7 @@ class MoEModel(BaseModel):
     model_config = ConfigDict(populate_by_name=True, extra="ignore")
     KIND: ClassVar[str] = "MoEModel"
 
-    api_version: Literal["kubemoe.io/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
+    api_version: Literal["kubemoe.io/v1alpha1"] = Field(default="kubemoe.io/v1alpha1", alias="apiVersion")
     kind: Literal["MoEModel"] = "MoEModel"
     metadata: ObjectMeta
     spec: MoEModelSpec

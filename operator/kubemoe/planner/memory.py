@@ -112,7 +112,8 @@ def kv_bytes_per_token_per_rank(arch: Architecture, *, tp: int, pp: int, kv_dtyp
 
 def _kv_bytes_per_token_per_layer(arch: Architecture, *, tp: int, kv_dtype_bytes: int) -> float:
     if arch.is_mla:
-        assert arch.kv_lora_rank is not None and arch.qk_rope_head_dim is not None
+        assert arch.kv_lora_rank is not None
+        assert arch.qk_rope_head_dim is not None
         # One latent "head" of kv_lora_rank + rope dims, replicated on every TP rank (vLLM: use_mla -> 1 head).
         return (arch.kv_lora_rank + arch.qk_rope_head_dim) * kv_dtype_bytes
     heads_per_rank = max(1, arch.num_kv_heads // tp)

@@ -172,7 +172,7 @@ def allowed_instances(spec: MoEModelSpec, entry: ModelEntry | None, catalog: Cat
     dropped: list[str] = []
     for name in names:
         inst = catalog.instances[name]
-        if wanted_kind != "any" and inst.accelerator_kind != wanted_kind:
+        if wanted_kind not in ("any", inst.accelerator_kind):
             dropped.append(f"{name} ({inst.accelerator_kind}, not {wanted_kind})")
             continue
         if inst.accelerator_kind == "neuron":
@@ -405,8 +405,11 @@ def _price(cost: float | None) -> str:
 def _choice_reason(strategy: str, ctx: Context, best: Candidate, runner_up: Candidate | None) -> str:
     layout, sizing = best.layout, best.sizing
     assert sizing is not None
+    cheapest = f"cheapest feasible plan at {_price(layout.cost_per_hour())}"
+    if layout.cost_per_hour() is None:
+        cheapest = "no allowed instance has an on-demand price, so the fewest accelerators"
     why = {
-        "cheapest": f"cheapest feasible plan at {_price(layout.cost_per_hour())}",
+        "cheapest": cheapest,
         "fewest-accelerators": f"fewest accelerators ({layout.nodes * layout.devices_per_node})",
         "lowest-latency": "lowest estimated per-token latency",
     }[strategy]
@@ -572,7 +575,7 @@ def _to_plan(
         latency_score=_latency_score(ctx, layout),
         footprint_gb=round(_footprint(ctx, layout, sizing) / mem.GB, 1),
         trust_remote_code=ctx.entry.trust_remote_code if ctx.entry else False,
-        neuron_path=ctx.entry.neuron if ctx.entry else "none",
+        neuron_path=ctx.entry.neuron if ctx.entry and inst.accelerator_kind == "neuron" else "none",
         reason=_choice_reason(strategy, ctx, best, ranked[1] if len(ranked) > 1 else None),
         notes=notes,
         alternatives=alternatives[:MAX_ALTERNATIVES],

@@ -86,7 +86,7 @@ class Plan(BaseModel):
         description="Accelerator memory the replica needs at these settings, all ranks."
     )
     trust_remote_code: bool = False
-    neuron_path: str = "none"
+    neuron_path: str = Field(default="none", description="vllm-neuron or nxdi on Neuron plans; none on GPUs.")
     reason: str
     notes: list[str] = Field(default_factory=list)
     alternatives: list[Alternative] = Field(default_factory=list)

@@ -18,9 +18,13 @@ VLLM_PORT = 8000
 DEFAULT_VLLM_VERSION = "0.33.0"
 DEFAULT_VLLM_IMAGE = "vllm/vllm-openai"
 # The vLLM Neuron plugin (Trn2) ships in the Neuron Deep Learning Container (Neuron SDK 2.32, vLLM 0.24).
-DEFAULT_NEURON_VERSION = "0.24.0"
+# Models it does not implement (Mixtral, DBRX, Qwen3-MoE, Llama 4) and Inf2/Trn1 need the legacy NxD
+# Inference path, whose last image is vLLM 0.16 on SDK 2.31.1 (no longer published from SDK 2.32 on).
 DEFAULT_NEURON_IMAGE = "public.ecr.aws/neuron/pytorch-inference-vllm-neuronx"
-_NEURON_TAG = "0.24.0.1.1.0-neuronx-py313-sdk2.32.0-ubuntu24.04"
+_NEURON_TAGS = {
+    "vllm-neuron": ("0.24.0", "0.24.0.1.1.0-neuronx-py313-sdk2.32.0-ubuntu24.04"),
+    "nxdi": ("0.16.0", "0.16.0-neuronx-py312-sdk2.31.1-ubuntu24.04"),
+}
 # Where the vLLM image keeps the Ray bootstrap script the LeaderWorkerSet example uses.
 RAY_BOOTSTRAP = "/vllm-workspace/examples/online_serving/multi-node-serving.sh"
 #: The oldest vLLM whose flag dialect this renderer speaks (`--speculative-config`, V1-only flags).
@@ -39,7 +43,9 @@ def _version_tuple(version: str) -> tuple[int, int]:
 def engine_version(spec: MoEModelSpec, plan: Plan) -> str:
     if spec.engine.version:
         return spec.engine.version
-    return DEFAULT_VLLM_VERSION if plan.engine == "vllm" else DEFAULT_NEURON_VERSION
+    if plan.engine == "vllm":
+        return DEFAULT_VLLM_VERSION
+    return _NEURON_TAGS.get(plan.neuron_path, _NEURON_TAGS["vllm-neuron"])[0]
 
 
 def engine_image(spec: MoEModelSpec, plan: Plan) -> str:
@@ -48,8 +54,8 @@ def engine_image(spec: MoEModelSpec, plan: Plan) -> str:
     version = engine_version(spec, plan)
     if plan.engine == "vllm":
         return f"{DEFAULT_VLLM_IMAGE}:v{version}"
-    tag = _NEURON_TAG if version == DEFAULT_NEURON_VERSION else version
-    return f"{DEFAULT_NEURON_IMAGE}:{tag}"
+    default_version, tag = _NEURON_TAGS.get(plan.neuron_path, _NEURON_TAGS["vllm-neuron"])
+    return f"{DEFAULT_NEURON_IMAGE}:{tag if version == default_version else version}"
 
 
 def served_model_name(spec: MoEModelSpec, cr_name: str) -> str:
@@ -78,7 +84,7 @@ def serve_args(spec: MoEModelSpec, plan: Plan, *, cr_name: str) -> list[str]:
         args.append(f"--pipeline-parallel-size={plan.pipeline_parallel_size}")
     if plan.data_parallel_size > 1:
         args.append(f"--data-parallel-size={plan.data_parallel_size}")
-    if plan.expert_parallel:
+    if plan.expert_parallel and plan.neuron_path != "nxdi":
         args.append("--enable-expert-parallel")
     args += [
         f"--max-model-len={plan.max_model_len}",
@@ -120,9 +126,13 @@ def _neuron_config(plan: Plan) -> dict[str, object]:
     Bucket shapes are compiled ahead of time, so they are pinned to the planned batch sizes.
     """
     if plan.neuron_path == "nxdi":
+        # NxD Inference shards experts itself: EP ranks take whole experts, the rest of TP splits each one.
+        ep = plan.expert_parallel_size or 1
         return {
             "override_neuron_config": {
                 "tp_degree": plan.tensor_parallel_size,
+                "moe_ep_degree": ep,
+                "moe_tp_degree": plan.tensor_parallel_size // ep,
                 "max_context_length": plan.max_model_len,
                 "seq_len": plan.max_model_len,
                 "batch_size": plan.max_num_seqs,

@@ -16,8 +16,14 @@ from typing import Any
 import yaml
 
 from kubemoe.api.moapipeline import Agent, Aggregator, MoAPipeline
-from kubemoe.render.meta import COMPONENT_ROUTER, PREFIX, object_meta, owner_reference, selector_labels
-from kubemoe.render.meta import standard_labels
+from kubemoe.render.meta import (
+    COMPONENT_ROUTER,
+    PREFIX,
+    object_meta,
+    owner_reference,
+    selector_labels,
+    standard_labels,
+)
 from kubemoe.render.moemodel import model_endpoint
 from kubemoe.render.monitoring import render_prometheus_rule, render_service_monitor
 from kubemoe.render.network import default_path_prefix, render_httproute, render_service
@@ -169,7 +175,7 @@ def router_rules(pipeline: MoAPipeline) -> list[dict[str, Any]]:
     name, ns = pipeline.metadata.name, pipeline.metadata.namespace
     alerts = pipeline.spec.monitoring.alerts
     sel = f'namespace="{ns}", service="{router_name(name)}"'
-    rate = "rate(kubemoe_router_requests_total{%s}[5m])" % sel
+    rate = f"rate(kubemoe_router_requests_total{{{sel}}}[5m])"
 
     def rule(alert: str, expr: str, summary: str) -> dict[str, Any]:
         return {
