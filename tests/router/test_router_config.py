@@ -54,7 +54,7 @@ EXAMPLE: dict[str, Any] = {
 
 
 def _with(path: list[str | int], value: Any) -> dict[str, Any]:
-    data = json.loads(json.dumps(EXAMPLE))
+    data: dict[str, Any] = json.loads(json.dumps(EXAMPLE))
     node: Any = data
     for key in path[:-1]:
         node = node[key]
