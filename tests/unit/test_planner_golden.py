@@ -150,10 +150,10 @@ GOLDEN = [
         DEEPSEEK_V3,
         {},
         {},
-        its(instance="p4de.24xlarge", tp=8, pp=2, dp=1, ep=8, nodes=2, devices=8, seqs=28, cost=54.8941),
+        its(instance="p4de.24xlarge", tp=8, pp=2, dp=1, ep=8, nodes=2, devices=8, cost=54.8941),
         # No single node under $63.30 fits 671 GB: p4de TP 8 needs 78.11 GiB/GPU > 72.00 usable. Two p4de
-        # nodes (TP 8 x PP 2, 39.06 GiB/GPU; 72.00 - 39.06 - 0.65 - 1.8 = 30.49 GiB; KV/seq at PP 2 =
-        # 1152 x 61 x 32768 / 2 = 1.07 GiB -> 28) cost 2 x 27.44705 = $54.89/h, below the single-node
+        # nodes (TP 8 x PP 2, 39.06 GiB/GPU; 72.00 - 39.06 - 0.65 - 1.8 = 30.49 GiB; the 31-layer stage
+        # needs 1152 x 31 x 32768 = 1.09 GiB per sequence -> 27; the planner says 28, see the PP xfail) cost 2 x 27.44705 = $54.89/h, below the single-node
         # p5en TP 8 at $63.30/h, so `cheapest` takes the pipeline. (A100 runs FP8 weight-only.)
         id="deepseek-v3-default-cheapest-is-two-p4de-nodes-below-one-h200-node",
     ),
