@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import socket
+import sys
+from pathlib import Path
 
 import aiohttp
 import openai
 import pytest
 from conftest import RouterFactory, make_config
 from moa_stub import Behavior, StubBackend
+
+from kubemoe.router.__main__ import main
 
 
 def _client(base: str) -> openai.AsyncOpenAI:
@@ -199,3 +205,48 @@ async def test_unknown_v1_route_is_openai_shaped(stub: StubBackend, start_router
     async with aiohttp.ClientSession() as http, http.get(f"{base}/v1/embeddings") as resp:
         assert resp.status == 404
         assert set((await resp.json())["error"]) == {"message", "type", "param", "code"}
+
+
+def test_main_exits_2_with_the_reason_on_a_bad_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "router.yaml"
+    bad.write_text("name: x\nlayers: []\n")
+    assert main(["--config", str(bad)]) == 2
+    assert "invalid router config" in capsys.readouterr().err
+
+
+async def test_python_m_kubemoe_router_serves_until_sigterm(stub: StubBackend, tmp_path: Path) -> None:
+    config = tmp_path / "router.json"
+    config.write_text(json.dumps(make_config(stub.url).to_file_dict()))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "kubemoe.router",
+        "--config",
+        str(config),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    )
+    try:
+        async with aiohttp.ClientSession() as http:
+            for _ in range(100):  # up to ~5 s for the interpreter to start
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/readyz") as resp:
+                        if resp.status == 200:
+                            break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.05)
+            async with _client(f"http://127.0.0.1:{port}") as client:
+                result = await client.chat.completions.create(
+                    model="moa-test", messages=[{"role": "user", "content": "Hi"}]
+                )
+        assert result.choices[0].message.content == "stub answer"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), timeout=10) == 0
