@@ -166,7 +166,10 @@ async def test_requests_over_the_concurrency_limit_get_429_with_retry_after(
                 return resp.status, resp.headers.get("Retry-After"), await resp.json()
 
         first = [asyncio.create_task(post()) for _ in range(2)]
-        await asyncio.sleep(0.2)  # both are now waiting on the slow aggregator
+        for _ in range(200):  # wait (up to ~2 s) until both are waiting on the slow aggregator
+            if len(stub.calls("agg")) == 2:
+                break
+            await asyncio.sleep(0.01)
         status, retry_after, body = await post()
         assert (status, retry_after) == (429, "3")
         assert body["error"]["code"] == "rate_limit_exceeded"  # type: ignore[index]
