@@ -142,7 +142,7 @@ GOLDEN = [
         # DeepSeek-V3: native FP8, 1 B/param -> 671 GB. TP 8 on one node: 83.88 GB = 78.11 GiB > 71.68 usable.
         # TP 8 x PP 2 over two nodes: 41.94 GB = 39.06 GiB/GPU. MLA KV is one latent of 512 + 64 = 576
         # elements per layer on EVERY rank (not divided by TP): 576 x 2 B = 1152 B; the heavier stage holds
-        # ceil(61 / 2) = 31 layers -> 35712 B/token/rank. (The sequence count is left to the xfail test
+        # ceil(61 / 2) = 31 layers -> 35712 B/token/rank. (The sequence count is checked by the memory test
         # test_pipeline_kv_of_one_sequence_is_the_heaviest_stages in test_planner_memory.py.)
         id="deepseek-v3-on-p5-only-spans-two-nodes-with-pp2-and-mla-kv-not-divided-by-tp",
     ),
@@ -153,7 +153,7 @@ GOLDEN = [
         its(instance="p4de.24xlarge", tp=8, pp=2, dp=1, ep=8, nodes=2, devices=8, cost=54.8941),
         # No single node under $63.30 fits 671 GB: p4de TP 8 needs 78.11 GiB/GPU > 72.00 usable. Two p4de
         # nodes (TP 8 x PP 2, 39.06 GiB/GPU; 72.00 - 39.06 - 0.65 - 1.8 = 30.49 GiB; the 31-layer stage
-        # needs 1152 x 31 x 32768 = 1.09 GiB per sequence -> 27; the planner says 28, see the PP xfail) cost 2 x 27.44705 = $54.89/h, below the single-node
+        # needs 1152 x 31 x 32768 = 1.09 GiB per sequence -> 27; counted from the heaviest stage) cost 2 x 27.44705 = $54.89/h, below the single-node
         # p5en TP 8 at $63.30/h, so `cheapest` takes the pipeline. (A100 runs FP8 weight-only.)
         id="deepseek-v3-default-cheapest-is-two-p4de-nodes-below-one-h200-node",
     ),
@@ -255,7 +255,7 @@ GOLDEN = [
     pytest.param(
         SCOUT,
         {"kvCacheDtype": "fp8"},
-        {},
+        {"accelerator": "gpu"},
         its(instance="p4de.24xlarge", tp=4, pp=1, dp=1, ep=4, nodes=1, devices=4, seqs=58, kv_token=24576),
         # Scout: experts 48 x 16 x 3 x 5120 x 8192 = 96.64B, others 12.36B; bf16 218 GB. p4de TP 4:
         # 54.50 GB = 50.76 GiB; 72 - 50.76 - 0.37 - 1.8 = 19.07 GiB. fp8 KV, 1 B: 2 x 2 x 128 x 1 = 512 B
@@ -267,7 +267,7 @@ GOLDEN = [
     pytest.param(
         SCOUT,
         {},
-        {},
+        {"accelerator": "gpu"},
         its(instance="p4de.24xlarge", tp=4, pp=1, dp=1, ep=4, nodes=1, devices=4, seqs=29, kv_token=49152),
         # Same layout with bf16 KV: 1024 B per layer, 0.66 GiB per sequence -> floor(19.07 / 0.656) = 29,
         # half the fp8 count.
@@ -590,12 +590,6 @@ def test_an_explicit_tp_that_fits_is_kept_not_replaced(catalog: Catalog) -> None
     assert (plan.tensor_parallel_size, plan.devices_per_node) == (8, 8)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="planner bug: PP inside a node is only searched when TP x DP fills the node, so models whose "
-    "head count caps TP (Llama 4 Scout: 40 heads -> TP <= 8) get InsufficientMemory on Neuron nodes where "
-    "TP 8 x PP 2 on one node fits (and is accepted when given explicitly)",
-)
 def test_llama_4_scout_on_trn2_finds_the_in_node_pipeline_that_fits(catalog: Catalog) -> None:
     # TP 8 needs 218 / 8 = 27.25 GB = 25.38 GiB per NeuronCore > 21.60 usable; TP 16/32/64 do not divide
     # 40 heads. TP 8 x PP 2 (16 cores = 4 chips, one node): 12.69 GiB + 0.36 + 1.0 -> 7.55 GiB KV, fits.
@@ -628,12 +622,6 @@ PHI3_MEDIUM: dict[str, Any] = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="planner bug: the structural check tests only that TP divides the attention heads; vLLM's "
-    "QKVParallelLinear also needs TP to divide the KV heads or be a multiple of them (10 KV heads: TP 8 "
-    "fails at start-up), and kv_bytes_per_token_per_rank silently rounds 10 // 8 down to 1 head",
-)
 def test_a_tp_that_neither_divides_nor_is_a_multiple_of_the_kv_heads_is_rejected(catalog: Catalog) -> None:
     spec = make_spec(
         "microsoft/Phi-3-medium-4k-instruct",

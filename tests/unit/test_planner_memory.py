@@ -98,13 +98,6 @@ def test_pipeline_stages_split_the_kv_of_an_even_layer_count(catalog: Catalog) -
     assert mem.kv_bytes_per_sequence_per_rank(a, tokens=1000, tp=8, pp=2, kv_dtype_bytes=2) == 8 * KIB * 1000
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="planner bug: kv_bytes_per_sequence_per_rank divides the whole model's KV by PP (30.5 of "
-    "DeepSeek's 61 layers) while kv_bytes_per_token_per_rank counts the heaviest stage (ceil(61/2) = 31, "
-    "as vLLM's get_pp_indices gives stage 0); the heavier stage bounds the cache, so concurrent sequences "
-    "are over-counted (DeepSeek-V3 on 2 x p5: 26 reported, 25 fit; Kimi-K2 on 2 x p4de: 9 reported, 8 fit)",
-)
 def test_pipeline_kv_of_one_sequence_is_the_heaviest_stages(catalog: Catalog) -> None:
     a = arch(catalog, "deepseek-ai/DeepSeek-V3")
     tokens = 32768

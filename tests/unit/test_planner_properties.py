@@ -289,12 +289,6 @@ def test_an_explicit_tp_is_used_as_written_or_rejected_with_a_reason(
         assert f"tensorParallelSize={tp}" in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="planner bug: a TP below the node size never gets extra pipeline stages inside the node, so "
-    "models whose head count caps TP (40 or 48 heads) find no plan on Neuron nodes where TP x PP in one "
-    "node fits",
-)
 @pytest.mark.parametrize(
     ("model", "instance"),
     [

@@ -123,13 +123,17 @@ def _kv_bytes_per_token_per_layer(arch: Architecture, *, tp: int, kv_dtype_bytes
 def kv_bytes_per_sequence_per_rank(
     arch: Architecture, *, tokens: int, tp: int, pp: int, kv_dtype_bytes: int
 ) -> float:
-    """KV bytes one rank needs for one sequence of `tokens` tokens (windowed layers capped at the window)."""
+    """KV bytes one rank needs for one sequence of `tokens` tokens (windowed layers capped at the window).
+
+    With pipeline parallelism the heaviest stage decides: it holds ceil(layers / PP) layers (vLLM gives the
+    first stages the remainder), counted as full-attention layers first, which bounds it from above.
+    """
     per_layer = _kv_bytes_per_token_per_layer(arch, tp=tp, kv_dtype_bytes=kv_dtype_bytes)
-    windowed = arch.sliding_window_layers
-    full = arch.num_layers - windowed
+    stage_layers = math.ceil(arch.num_layers / pp)
+    full = min(arch.num_layers - arch.sliding_window_layers, stage_layers)
+    windowed = stage_layers - full
     window_tokens = min(tokens, arch.sliding_window or tokens)
-    whole_model = per_layer * (full * tokens + windowed * window_tokens)
-    return whole_model / pp
+    return per_layer * (full * tokens + windowed * window_tokens)
 
 
 def activation_bytes_per_rank(

@@ -247,8 +247,9 @@ def _structural_problem(ctx: Context, layout: Layout) -> str | None:
     unit = "GPUs" if inst.accelerator_kind == "gpu" else "NeuronCores"
     if layout.tp * layout.dp > inst.ranks_per_node:
         return f"TP {layout.tp} x DP {layout.dp} exceeds the {inst.ranks_per_node} {unit} of a node"
-    if arch.num_attention_heads % layout.tp:
-        return f"TP {layout.tp} does not divide the {arch.num_attention_heads} attention heads"
+    head_problem = _head_problem(arch, layout.tp)
+    if head_problem:
+        return head_problem
     if layout.pp > arch.num_layers:
         return f"PP {layout.pp} exceeds the {arch.num_layers} layers"
     if layout.ranks > inst.ranks_per_node and layout.tp * layout.dp != inst.ranks_per_node:
@@ -326,6 +327,24 @@ def _expert_parallel(ctx: Context, tp: int, dp: int) -> bool:
     return ctx.arch.is_moe and tp * dp > 1
 
 
+def _largest_tp(ctx: Context, inst: InstanceEntry) -> int:
+    """The largest power-of-two TP one node of `inst` can run for this model (heads allowing)."""
+    fitting = [
+        2**i for i in range(8) if 2**i <= inst.ranks_per_node and _head_problem(ctx.arch, 2**i) is None
+    ]
+    return max(fitting, default=1)
+
+
+def _head_problem(arch: Architecture, tp: int) -> str | None:
+    if arch.num_attention_heads % tp:
+        return f"TP {tp} does not divide the {arch.num_attention_heads} attention heads"
+    kv = arch.num_kv_heads
+    # vLLM shards KV heads when TP divides them and replicates them when TP is a multiple of them.
+    if not arch.is_mla and kv % tp and tp % kv:
+        return f"TP {tp} neither divides nor is a multiple of the {kv} KV heads"
+    return None
+
+
 def _layouts(ctx: Context, instances: Iterable[InstanceEntry]) -> list[Layout]:
     p = ctx.spec.placement
     out: list[Layout] = []
@@ -341,11 +360,15 @@ def _layouts(ctx: Context, instances: Iterable[InstanceEntry]) -> list[Layout]:
             for dp in dps:
                 if p.pipeline_parallel_size:
                     pps = [p.pipeline_parallel_size]
+                elif tp * dp == per_node:
+                    # A whole node per stage: extra stages span nodes.
+                    pps = [1, *range(2, ctx.settings.max_nodes_per_replica + 1)]
                 else:
-                    # Extra stages only to span nodes: within a node a larger TP beats a pipeline.
-                    pps = [1] + (
-                        [*range(2, ctx.settings.max_nodes_per_replica + 1)] if tp * dp == per_node else []
-                    )
+                    # Stages inside one node only to use more ranks than tensor parallelism alone can: the
+                    # heads cap TP below the node (40 or 48 heads on 24 or 64 NeuronCores). Elsewhere a
+                    # pipeline of the same devices is slower than the larger TP.
+                    widest = _largest_tp(ctx, inst) * dp
+                    pps = [1, *(pp for pp in range(2, per_node // (tp * dp) + 1) if tp * dp * pp > widest)]
                 out.extend(Layout(inst, tp, pp, dp, _expert_parallel(ctx, tp, dp)) for pp in pps)
     return out
 
