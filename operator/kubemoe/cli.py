@@ -305,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     catalog.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
     catalog.set_defaults(func=cmd_catalog)
 
+    # Listed for --help; main() hands `kubemoe router ...` to the router's own parser.
+    sub.add_parser("router", help="serve a MoA pipeline as one OpenAI-compatible endpoint (--config FILE)")
+
     crds = sub.add_parser("crds", help="print (or write) the CustomResourceDefinitions")
     crds.add_argument("--output-dir", help="write one file per CRD into this directory")
     crds.set_defaults(func=cmd_crds)
@@ -312,6 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["router"]:  # the router parses its own flags (and imports aiohttp only then)
+        from kubemoe.router.__main__ import main as router_main
+
+        return router_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

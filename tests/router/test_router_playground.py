@@ -56,6 +56,10 @@ _MISSING = (
     "chromium is not installed (apt-get install chromium)" if CHROMIUM is None else _playwright_core_missing()
 )
 
+if _MISSING is not None and os.environ.get("KUBEMOE_BROWSER") == "require":
+    # CI installs the browser (.ci/run): there a missing one is a broken install step, not a reason to skip.
+    raise RuntimeError(f"KUBEMOE_BROWSER=require but {_MISSING}")
+
 needs_browser = pytest.mark.skipif(_MISSING is not None, reason=f"browser test skipped: {_MISSING}")
 
 

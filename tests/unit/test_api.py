@@ -155,3 +155,11 @@ def test_model_keys_identify_the_model_an_agent_calls() -> None:
     )
     keys = [a.model_key for a in spec.layers[0].agents]
     assert keys == ["moe:mixtral", "endpoint:http://x:8000/v1#m"]
+
+
+def test_unset_quorum_waits_for_every_agent_of_the_layer() -> None:
+    spec = MoAPipelineSpec.model_validate(_moa())
+    assert spec.policy.min_responses is None
+    assert spec.policy.quorum(3) == 3
+    with_quorum = MoAPipelineSpec.model_validate(_moa(policy={"minResponses": 1}))
+    assert with_quorum.policy.quorum(2) == 1

@@ -133,13 +133,18 @@ class Policy(KubeModel):
         le=3600,
         description="Deadline of each layer; the layer moves on with what has arrived.",
     )
-    min_responses: int = Field(
-        default=1,
+    min_responses: int | None = Field(
+        default=None,
         ge=1,
         le=16,
         description="Quorum: a layer moves on once this many agents have answered (the rest are cancelled). "
-        "At most the number of agents in every layer.",
+        "Unset: every agent of the layer (the deadline still applies). At most the agents of any layer.",
     )
+
+    def quorum(self, agents: int) -> int:
+        """Answers a layer of `agents` waits for: minResponses, or all of them when unset."""
+        return agents if self.min_responses is None else min(self.min_responses, agents)
+
     on_agent_error: Literal["skip", "fail"] = Field(
         default="skip",
         description="skip: drop a failed agent's answer; fail: fail the request, naming the agent.",
@@ -230,7 +235,7 @@ class MoAPipelineSpec(KubeModel):
 
     cel_rules: ClassVar[list[dict[str, str]]] = [
         {
-            "rule": "self.layers.all(l, size(l.agents) >= self.policy.minResponses)",
+            "rule": "!has(self.policy.minResponses) || self.layers.all(l, size(l.agents) >= self.policy.minResponses)",
             "message": "policy.minResponses must not exceed the number of agents in any layer",
         },
         {
@@ -243,7 +248,7 @@ class MoAPipelineSpec(KubeModel):
     @model_validator(mode="after")
     def _check(self) -> MoAPipelineSpec:
         for i, layer in enumerate(self.layers):
-            if len(layer.agents) < self.policy.min_responses:
+            if self.policy.min_responses is not None and len(layer.agents) < self.policy.min_responses:
                 raise ValueError(
                     f"policy.minResponses ({self.policy.min_responses}) exceeds the {len(layer.agents)} agent(s) "
                     f"of layer {i + 1}"

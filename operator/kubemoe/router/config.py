@@ -184,7 +184,7 @@ class RouterConfig(_Strict):
     @model_validator(mode="after")
     def _check(self) -> RouterConfig:
         for i, layer in enumerate(self.layers, start=1):
-            if len(layer.agents) < self.policy.min_responses:
+            if self.policy.min_responses is not None and len(layer.agents) < self.policy.min_responses:
                 raise ValueError(
                     f"policy.minResponses ({self.policy.min_responses}) exceeds the {len(layer.agents)} "
                     f"agent(s) of layer {i}"

@@ -216,10 +216,11 @@ class PipelineRun:
             for a, b in zip(agents, bodies, strict=True)
         }
         pending = set(tasks)
+        quorum = policy.quorum(len(agents))
         traces: dict[str, AgentTrace] = {}
         answers: dict[str, AgentResponse] = {}
         try:
-            while pending and len(answers) < policy.min_responses:
+            while pending and len(answers) < quorum:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -243,11 +244,11 @@ class PipelineRun:
         outcome_kind: LayerOutcome = "all"
         if pending:
             elapsed = time.monotonic() - start
-            if len(answers) >= policy.min_responses:
+            if len(answers) >= quorum:
                 outcome_kind = "quorum"
                 self.observer.quorum_short_circuit(layer=number)
                 status: AgentStatus = "cancelled"
-                why = f"cancelled: quorum of {policy.min_responses} reached"
+                why = f"cancelled: quorum of {quorum} reached"
             else:
                 outcome_kind = "deadline"
                 self.observer.layer_deadline(layer=number)
