@@ -248,6 +248,35 @@ def cmd_catalog(args: argparse.Namespace, catalog: Catalog) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
+    import dataclasses
+    import logging
+
+    from kubemoe.controller.config import OperatorConfig
+    from kubemoe.controller.runtime import run_operator  # kopf and kubernetes only when running
+
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not args.verbose:  # kopf logs every handled event at INFO; our own lines say what changed
+        logging.getLogger("kopf").setLevel(logging.WARNING)
+    cfg = OperatorConfig(
+        namespaces=args.namespace,
+        standalone=args.standalone,
+        peering_name=args.peering,
+        resync_seconds=args.resync_seconds,
+        health_port=args.health_port,
+        catalog_paths=list(args.catalog),
+    )
+    if args.priority is not None:
+        cfg = dataclasses.replace(cfg, priority=args.priority)
+    if args.router_image:
+        cfg = dataclasses.replace(cfg, router_image=args.router_image)
+    run_operator(cfg)
+    return 0
+
+
 def cmd_crds(args: argparse.Namespace, catalog: Catalog) -> int:
     crds = all_crds()
     if args.output_dir:
@@ -304,6 +333,19 @@ def build_parser() -> argparse.ArgumentParser:
     catalog.add_argument("table", choices=["models", "instances"])
     catalog.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
     catalog.set_defaults(func=cmd_catalog)
+
+    run = sub.add_parser("run", help="run the operator (in a cluster, or against $KUBECONFIG)")
+    run.add_argument(
+        "-n", "--namespace", action="append", default=[], help="watch only this namespace; repeatable"
+    )
+    run.add_argument("--standalone", action="store_true", help="no peering: for one replica or development")
+    run.add_argument("--peering", default="kubemoe", help="kopf peering object for leader election")
+    run.add_argument("--priority", type=int, help="peering priority (default: random per process)")
+    run.add_argument("--resync-seconds", type=float, default=60.0, help="reconcile everything this often")
+    run.add_argument("--health-port", type=int, default=8080, help="/healthz, /readyz and /metrics")
+    run.add_argument("--router-image", help="image of the MoA router pods")
+    run.add_argument("-v", "--verbose", action="store_true")
+    run.set_defaults(func=cmd_run)
 
     # Listed for --help; main() hands `kubemoe router ...` to the router's own parser.
     sub.add_parser("router", help="serve a MoA pipeline as one OpenAI-compatible endpoint (--config FILE)")

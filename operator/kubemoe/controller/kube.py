@@ -1,0 +1,200 @@
+"""A small, typed Kubernetes REST client: get, list, server-side apply, delete, status patch.
+
+The operator touches a handful of known kinds, so a static table maps kind -> REST path instead of a
+discovery client. Foreign errors are mapped here, at one boundary:
+
+    KubeError
+      NotFound        -- 404 (object, or the whole API group/version when a CRD is missing)
+      Conflict        -- 409
+      KubeApiError    -- any other API status (status code and message kept)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from kubemoe.controller import metrics
+
+FIELD_MANAGER = "kubemoe"
+
+
+class KubeError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+
+
+class NotFound(KubeError):
+    pass
+
+
+class Conflict(KubeError):
+    pass
+
+
+class KubeApiError(KubeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Kind:
+    api_version: str
+    kind: str
+    plural: str
+
+    @property
+    def group(self) -> str:
+        return self.api_version.split("/")[0] if "/" in self.api_version else ""
+
+    def base(self, namespace: str | None) -> str:
+        root = f"/api/{self.api_version}" if "/" not in self.api_version else f"/apis/{self.api_version}"
+        return f"{root}/namespaces/{namespace}/{self.plural}" if namespace else f"{root}/{self.plural}"
+
+
+KINDS: dict[str, Kind] = {
+    k.kind: k
+    for k in (
+        Kind("v1", "Service", "services"),
+        Kind("v1", "ConfigMap", "configmaps"),
+        Kind("v1", "Pod", "pods"),
+        Kind("v1", "Event", "events"),
+        Kind("apps/v1", "Deployment", "deployments"),
+        Kind("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet", "leaderworkersets"),
+        Kind("gateway.networking.k8s.io/v1", "HTTPRoute", "httproutes"),
+        Kind("monitoring.coreos.com/v1", "PrometheusRule", "prometheusrules"),
+        Kind("monitoring.coreos.com/v1", "ServiceMonitor", "servicemonitors"),
+        Kind("kubemoe.io/v1alpha1", "MoEModel", "moemodels"),
+        Kind("kubemoe.io/v1alpha1", "MoAPipeline", "moapipelines"),
+    )
+}
+
+
+def kind_of(obj: Mapping[str, Any]) -> Kind:
+    return KINDS[obj["kind"]]
+
+
+class KubeClient:
+    """Synchronous calls (the reconcile runs in a worker thread); every call is counted in metrics."""
+
+    def __init__(self, api: client.ApiClient, *, api_check_ttl: float = 60.0) -> None:
+        self.api = api
+        self._api_check_ttl = api_check_ttl
+        self._api_seen: dict[str, tuple[bool, float]] = {}
+
+    def _call(
+        self,
+        verb: str,
+        path: str,
+        *,
+        body: Any = None,
+        query: list[tuple[str, str]] | None = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        method, url, headers, payload, _ = self.api.param_serialize(
+            verb,
+            path,
+            query_params=query or [],
+            header_params={"Content-Type": content_type, "Accept": "application/json"},
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        try:
+            response = self.api.call_api(
+                method, url, header_params=headers, body=payload, _request_timeout=60
+            )
+            raw = response.read()  # type: ignore[no-untyped-call]
+            status = response.status
+        except ApiException as exc:  # connection-level failures surface as status 0
+            raw, status = (exc.body or "").encode(), exc.status or 0
+        if status >= 400 or status == 0:
+            metrics.API_ERRORS.labels(verb=verb, code=str(status)).inc()
+            message = _status_message(raw, status)
+            if status == 404:
+                raise NotFound(404, message)
+            if status == 409:
+                raise Conflict(409, message)
+            raise KubeApiError(status, message)
+        return json.loads(raw) if raw else None
+
+    # ---------------------------------------------------------------- reads
+    def get(self, kind: Kind, namespace: str | None, name: str) -> dict[str, Any] | None:
+        try:
+            obj: dict[str, Any] = self._call("GET", f"{kind.base(namespace)}/{name}")
+            return obj
+        except NotFound:
+            return None
+
+    def list(self, kind: Kind, namespace: str | None, label_selector: str = "") -> list[dict[str, Any]]:
+        query = [("labelSelector", label_selector)] if label_selector else []
+        result = self._call("GET", kind.base(namespace), query=query)
+        items: list[dict[str, Any]] = result.get("items", [])
+        for item in items:  # list items carry no kind/apiVersion
+            item.setdefault("apiVersion", kind.api_version)
+            item.setdefault("kind", kind.kind)
+        return items
+
+    def has_api(self, kind: Kind) -> bool:
+        """Whether the API server serves this kind's group/version (a CRD may be missing). Cached briefly,
+        so a CRD installed later is picked up without a restart and without asking on every reconcile."""
+        if not kind.group:
+            return True
+        seen = self._api_seen.get(kind.api_version)
+        now = time.monotonic()
+        if seen is not None and now - seen[1] < self._api_check_ttl:
+            return seen[0]
+        try:
+            resources = self._call("GET", f"/apis/{kind.api_version}")
+            present = any(r.get("name") == kind.plural for r in resources.get("resources", []))
+        except NotFound:
+            present = False
+        self._api_seen[kind.api_version] = (present, now)
+        return present
+
+    # ---------------------------------------------------------------- writes
+    def apply(self, obj: Mapping[str, Any], *, force: bool = True) -> dict[str, Any]:
+        """Server-side apply with our field manager. `force` takes over fields we own from other managers:
+        the CR is the source of truth for everything we render."""
+        kind = kind_of(obj)
+        meta = obj["metadata"]
+        query = [("fieldManager", FIELD_MANAGER)]
+        if force:
+            query.append(("force", "true"))
+        result: dict[str, Any] = self._call(
+            "PATCH",
+            f"{kind.base(meta.get('namespace'))}/{meta['name']}",
+            body=dict(obj),
+            query=query,
+            content_type="application/apply-patch+yaml",
+        )
+        return result
+
+    def delete(self, kind: Kind, namespace: str | None, name: str) -> None:
+        with contextlib.suppress(NotFound):  # already gone is what we wanted
+            self._call("DELETE", f"{kind.base(namespace)}/{name}", body={"propagationPolicy": "Background"})
+
+    def patch_status(self, kind: Kind, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        self._call(
+            "PATCH",
+            f"{kind.base(namespace)}/{name}/status",
+            body={"status": dict(status)},
+            content_type="application/merge-patch+json",
+        )
+
+    def create(self, kind: Kind, namespace: str, obj: Mapping[str, Any]) -> None:
+        self._call("POST", kind.base(namespace), body=dict(obj))
+
+
+def _status_message(raw: bytes | str | None, status: int) -> str:
+    try:
+        return str(json.loads(raw or b"{}").get("message") or f"HTTP {status}")
+    except (TypeError, ValueError):
+        return f"HTTP {status}"
