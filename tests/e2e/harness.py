@@ -25,7 +25,7 @@ HACK_DIR = REPO_ROOT / "hack"
 CLUSTER_SCRIPT = HACK_DIR / "cluster"
 TOOLCHAIN_SCRIPT = HACK_DIR / "toolchain"
 
-# Cold start takes ~30 s on 2 cores; a toolchain build (only outside CI) takes far longer.
+# A warm start takes ~6-15 s; a first toolchain build (never in CI mode) ~6 minutes on 2 cores.
 CLUSTER_UP_TIMEOUT_S = 3 * 3600
 NAMESPACE_LABEL = "kubemoe.dev/e2e"
 
@@ -47,7 +47,7 @@ def toolchain_bin_dir() -> Path:
 
 @dataclass
 class KubeCluster:
-    """A reachable cluster for e2e tests; see the module docstring."""
+    """A reachable cluster for e2e tests (the `kube_cluster` fixture; see conftest.py)."""
 
     kubeconfig: Path
     api_client: client.ApiClient
