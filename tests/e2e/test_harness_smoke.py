@@ -27,6 +27,7 @@ FLEET = {
     "p4d-24xlarge-0": ("p4d.24xlarge", {"nvidia.com/gpu": "8"}, "nvidia.com/gpu"),
     "p4de-24xlarge-0": ("p4de.24xlarge", {"nvidia.com/gpu": "8"}, "nvidia.com/gpu"),
     "p5-48xlarge-0": ("p5.48xlarge", {"nvidia.com/gpu": "8"}, "nvidia.com/gpu"),
+    "p5-48xlarge-1": ("p5.48xlarge", {"nvidia.com/gpu": "8"}, "nvidia.com/gpu"),
     "p5en-48xlarge-0": ("p5en.48xlarge", {"nvidia.com/gpu": "8"}, "nvidia.com/gpu"),
     "trn2-48xlarge-0": (
         "trn2.48xlarge",
