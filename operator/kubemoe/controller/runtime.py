@@ -30,6 +30,7 @@ from kubemoe.catalog.loader import load_catalog
 from kubemoe.controller import metrics
 from kubemoe.controller.config import OperatorConfig, operator_settings
 from kubemoe.controller.kube import KINDS, KubeClient, KubeError
+from kubemoe.controller.moapipeline import PipelineContext, reconcile_moapipeline, referenced_models
 from kubemoe.controller.moemodel import ReconcileContext, reconcile_moemodel
 from kubemoe.controller.queue import Key, WorkQueue
 from kubemoe.planner.settings import PlannerSettings
@@ -47,7 +48,7 @@ CHILD_RESOURCES = [
     ("monitoring.coreos.com", "v1", "prometheusrules"),
     ("monitoring.coreos.com", "v1", "servicemonitors"),
 ]
-OWNER_KINDS = {"MoEModel"}
+OWNER_KINDS = {"MoEModel", "MoAPipeline"}
 
 
 @dataclass
@@ -56,14 +57,29 @@ class Runtime:
     identity: str
     kube: KubeClient
     ctx: ReconcileContext
+    pipelines: PipelineContext
     queue: WorkQueue = field(default_factory=WorkQueue)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     ready: bool = False
+    #: (namespace, MoEModel) -> pipelines that refer to it, so a model's change re-reconciles them.
+    model_users: dict[tuple[str, str], set[str]] = field(default_factory=dict)
 
     def reconcile(self, key: Key) -> str:
         if key.kind == "MoEModel":
             return reconcile_moemodel(self.ctx, key.namespace, key.name)
+        if key.kind == "MoAPipeline":
+            return reconcile_moapipeline(self.pipelines, key.namespace, key.name)
         return "ignored"
+
+    def note_pipeline(self, namespace: str, name: str, obj: dict[str, Any] | None) -> None:
+        """Remember which models a pipeline uses (from its watch event), forgetting the old references."""
+        for users in self.model_users.values():
+            users.discard(name)
+        for model in referenced_models(obj or {}):
+            self.model_users.setdefault((namespace, model), set()).add(name)
+
+    def pipelines_using(self, namespace: str, model: str) -> set[str]:
+        return set(self.model_users.get((namespace, model), ()))
 
 
 def _api_client() -> client.ApiClient:
@@ -79,7 +95,8 @@ def build_runtime(cfg: OperatorConfig) -> Runtime:
     kube = KubeClient(_api_client())
     ctx = ReconcileContext(kube=kube, catalog=load_catalog(cfg.catalog_paths), planner=PlannerSettings())
     identity = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
-    return Runtime(cfg=cfg, identity=identity, kube=kube, ctx=ctx)
+    pipelines = PipelineContext(kube=kube, router_image=cfg.router_image)
+    return Runtime(cfg=cfg, identity=identity, kube=kube, ctx=ctx, pipelines=pipelines)
 
 
 # ------------------------------------------------------------------------------------------- workers
@@ -147,12 +164,15 @@ def _read_peering(rt: Runtime) -> dict[str, Any]:
 
 
 def _all_keys(rt: Runtime) -> list[Key]:
-    kind = KINDS["MoEModel"]
     namespaces: list[str | None] = list(rt.cfg.namespaces) or [None]
     keys = []
-    for ns in namespaces:
-        for obj in rt.kube.list(kind, ns):
-            keys.append(Key("MoEModel", obj["metadata"]["namespace"], obj["metadata"]["name"]))
+    for kind in ("MoEModel", "MoAPipeline"):
+        for ns in namespaces:
+            for obj in rt.kube.list(KINDS[kind], ns):
+                meta = obj["metadata"]
+                keys.append(Key(kind, meta["namespace"], meta["name"]))
+                if kind == "MoAPipeline":
+                    rt.note_pipeline(meta["namespace"], meta["name"], obj)
     return keys
 
 
@@ -235,6 +255,16 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
     async def _model_event(*, namespace: str | None, name: str, **_: Any) -> None:
         if namespace:
             rt.queue.add(Key("MoEModel", namespace, name))
+            for pipeline in rt.pipelines_using(namespace, name):  # their readiness and URLs follow the model
+                rt.queue.add(Key("MoAPipeline", namespace, pipeline))
+
+    @kopf.on.event(GROUP, VERSION, "moapipelines", registry=registry)
+    async def _pipeline_event(
+        *, namespace: str | None, name: str, body: kopf.Body, type: str | None, **_: Any
+    ) -> None:
+        if namespace:
+            rt.note_pipeline(namespace, name, None if type == "DELETED" else dict(body))
+            rt.queue.add(Key("MoAPipeline", namespace, name))
 
     async def _child_event(*, body: kopf.Body, namespace: str | None, **_: Any) -> None:
         if not namespace:
