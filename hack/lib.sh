@@ -21,7 +21,7 @@ TOOLCHAIN_KEY="k8s-${KUBE_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_hel
 KUBEMOE_BIN_DIR=${KUBEMOE_BIN_DIR:-$KUBEMOE_CACHE/toolchain/$TOOLCHAIN_KEY/bin}
 
 # Binaries the toolchain provides; all must exist for the toolchain to count as built.
-TOOLCHAIN_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok kwokctl helm)
+TOOLCHAIN_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok kwokctl helm lws-controller-manager)
 
 # Never let go switch toolchains behind our back (no network for that), and keep the module
 # cache writable so `rm -rf` on it works.
