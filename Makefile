@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SAMPLE ?= manifests/samples/mixtral-8x7b-p4de.yaml
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test unit e2e lint crds crds-check clean
+.PHONY: help install run demo demo-down test unit e2e lint crds crds-check clean
 
 ## Show the targets
 help:
@@ -25,6 +25,14 @@ run: install
 	$(BIN)/kubemoe plan -f $(SAMPLE)
 	@echo; echo "# --- manifests the operator would apply ---"
 	$(BIN)/kubemoe render -f $(SAMPLE)
+
+## The operator on a local control plane: samples deployed to fake p4de/p5/trn2 nodes, plans printed
+demo: install
+	$(BIN)/python hack/demo.py
+
+## Stop the demo's operator and the local cluster
+demo-down:
+	$(BIN)/python hack/demo.py down
 
 ## Every test: unit tests, then e2e tests against the local control plane (built once, then cached)
 test: install toolchain

@@ -230,7 +230,12 @@ def build_registry(rt: Runtime) -> kopf.OperatorRegistry:
 
     @kopf.on.startup(registry=registry)
     async def _startup(**_: Any) -> None:
-        runner.append(await _serve_health(rt))
+        try:
+            runner.append(await _serve_health(rt))
+        except OSError as exc:  # a taken port never frees itself: stop with a clear error, not a retry loop
+            raise kopf.PermanentError(
+                f"cannot serve /healthz and /metrics on port {rt.cfg.health_port}: {exc}"
+            ) from exc
         rt.tasks += [asyncio.create_task(_worker(rt), name=f"worker-{i}") for i in range(rt.cfg.workers)]
         rt.tasks.append(asyncio.create_task(_resync(rt), name="resync"))
         log.info(

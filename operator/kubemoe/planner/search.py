@@ -446,11 +446,16 @@ def _choice_reason(strategy: str, ctx: Context, best: Candidate, runner_up: Cand
 
 
 def _candidates(ctx: Context, instances: list[InstanceEntry]) -> list[Candidate]:
-    """Every layout, sized; pipelines grow one node at a time only until one fits (a longer pipeline of
-    the same TP costs more and is slower, so it is no alternative worth showing)."""
-    out: list[Candidate] = []
+    """Every layout, sized. Pipelines are a fallback: an instance gets layouts with PP > 1 only when none of
+    its single-stage layouts fits, and a pipeline grows one stage at a time only until it fits (a longer
+    pipeline of the same TP costs more and is slower, so it is no alternative worth showing)."""
+    layouts = _layouts(ctx, instances)
+    out = [evaluate(ctx, layout) for layout in layouts if layout.pp == 1]
+    single_stage_fits = {c.layout.instance.name for c in out if c.feasible}
     fitted: set[tuple[str, int, int]] = set()
-    for layout in _layouts(ctx, instances):
+    for layout in layouts:
+        if layout.pp == 1 or layout.instance.name in single_stage_fits:
+            continue
         key = (layout.instance.name, layout.tp, layout.dp)
         if key in fitted:
             continue
