@@ -15,7 +15,7 @@ t0=$SECONDS
 if toolchain_complete; then
   log "toolchain cached in $KUBEMOE_BIN_DIR"
 else
-  log "toolchain not cached: cold build (about 6 minutes on 2 cores)"
+  log "toolchain not cached: cold build (about 8 minutes on 2 cores)"
 fi
 "$HACK_DIR/toolchain" build >&2
 log "toolchain ready after $((SECONDS - t0))s"

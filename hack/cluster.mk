@@ -4,7 +4,7 @@ KUBEMOE_HACK := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
 
 .PHONY: toolchain cluster-up cluster-down cluster-status
 
-## Build (or verify the cached) kube-apiserver/controller-manager/scheduler, kubectl, etcd, kwok, helm
+## Build (or verify the cached) kube-apiserver/controller-manager/scheduler, kubectl, etcd, kwok, helm, lws-controller-manager
 toolchain:
 	$(KUBEMOE_HACK)/toolchain build
 

@@ -16,7 +16,7 @@ fi
 # Everything built lives outside the repo, keyed by version, so a fresh clone reuses it
 # and a version bump never mixes binaries of two releases.
 KUBEMOE_CACHE=${KUBEMOE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kubemoe}
-TOOLCHAIN_KEY="k8s-${KUBE_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}"
+TOOLCHAIN_KEY="k8s-${KUBE_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}_lws-${LWS_VERSION}"
 # The one directory tests and scripts put first on PATH (kubectl, helm, kwokctl, ...).
 KUBEMOE_BIN_DIR=${KUBEMOE_BIN_DIR:-$KUBEMOE_CACHE/toolchain/$TOOLCHAIN_KEY/bin}
 
