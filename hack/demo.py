@@ -32,6 +32,7 @@ SAMPLES = [
     "manifests/samples/deepseek-v3-multinode.yaml",
 ]
 INFEASIBLE = "manifests/demo/mixtral-8x7b-tp2-on-p4d.yaml"
+PIPELINE = "manifests/samples/moa-pipeline.yaml"
 TIMEOUT_S = 180
 
 
@@ -138,16 +139,7 @@ def up() -> None:
     env = cluster_env()
     sh("kubectl", "get", "nodes", "-L", "node.kubernetes.io/instance-type", env=env)
     step("kubemoe CRDs")
-    sh(
-        "kubectl",
-        "apply",
-        "--server-side",
-        "-f",
-        "crds/",
-        "-f",
-        "manifests/operator/kopf-peering.yaml",
-        env=env,
-    )
+    sh("kubectl", "apply", "--server-side", "-f", "crds/", env=env)
     sh("kubectl", "wait", "--for=condition=Established", "crd/moemodels.kubemoe.io", "--timeout=60s", env=env)
     step("the operator (kubemoe run)")
     start_operator(env)
@@ -171,12 +163,14 @@ def up() -> None:
     subprocess.run(
         ["kubectl", "apply", "-f", "-"], input=secret, text=True, env=env, check=True, capture_output=True
     )
-    for path in [*SAMPLES, INFEASIBLE]:
+    for path in [*SAMPLES, INFEASIBLE, PIPELINE]:
         sh("kubectl", "apply", "-f", path, env=env)
     step(f"waiting for the models (up to {TIMEOUT_S}s)")
     wait_ready(env)
     step("kubectl get moe -o wide")
     sh("kubectl", "get", "moe", "-n", "default", "-o", "wide", env=env)
+    step("kubectl get moa -o wide (the MoA pipeline: its router, and the models it uses)")
+    sh("kubectl", "get", "moa", "-n", "default", "-o", "wide", env=env)
     step("pods on the fake nodes")
     sh("kubectl", "get", "pods", "-n", "default", "-o", "wide", env=env)
     for path in SAMPLES:
@@ -188,6 +182,8 @@ def up() -> None:
     )
     planned = conditions(obj).get("Planned", {})
     print(f"Planned={planned.get('status')} reason={planned.get('reason')}\n{planned.get('message')}")
+    step("the MoA router on this machine against STUB backends (no GPU here): one chat completion, traced")
+    sh(sys.executable, str(ROOT / "hack" / "demo_router.py"))
     step("done")
     print(
         'Explore: eval "$(hack/cluster env)"; kubectl get moe -o wide; kubectl describe moe deepseek-v3\n'
