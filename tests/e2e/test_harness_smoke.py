@@ -110,7 +110,7 @@ def test_gpu_pod_schedules_on_matching_node_and_oversized_one_stays_pending(
         return pods[0] if pods else None
 
     pod = wait_for("the 4-GPU pod to be Running", running_fits)
-    assert pod.spec.node_name in ("p5-48xlarge-0", "p5-48xlarge-1")  # the fleet has two p5 nodes
+    assert pod.spec.node_name.startswith("p5-48xlarge-")  # the fleet has several p5 nodes
 
     def failed_scheduling() -> client.CoreV1Event | None:
         pods = pods_of(core, namespace, "too-big")
