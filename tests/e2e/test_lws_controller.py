@@ -72,7 +72,8 @@ def lws_cluster(kube_cluster: KubeCluster) -> KubeCluster:
         "vdisaggregatedset.kb.io",
     }
     for name, cc in hooks.items():
-        assert cc.service is None and cc.url.startswith("https://127.0.0.1:"), (name, cc)
+        assert cc.service is None, (name, cc)
+        assert cc.url.startswith("https://127.0.0.1:"), (name, cc)
         assert cc.ca_bundle, name
     return kube_cluster
 
@@ -108,7 +109,13 @@ def free_p5(lws_cluster: KubeCluster) -> Iterator[client.CoreV1Api]:
 
 def _apply(cluster: KubeCluster, namespace: str, docs: list[dict[str, Any]]) -> None:
     cluster.kubectl(
-        "apply", "--server-side", "--field-manager=kubemoe-tests", "-n", namespace, "-f", "-",
+        "apply",
+        "--server-side",
+        "--field-manager=kubemoe-tests",
+        "-n",
+        namespace,
+        "-f",
+        "-",
         input=yaml.safe_dump_all(docs),
     )
 
@@ -116,8 +123,14 @@ def _apply(cluster: KubeCluster, namespace: str, docs: list[dict[str, Any]]) -> 
 def _delete_lws(cluster: KubeCluster, namespace: str, name: str) -> None:
     # Foreground: returns once the StatefulSets (and with them the pods) are gone.
     cluster.kubectl(
-        "delete", "-n", namespace, f"{LWS_PLURAL}.{LWS_GROUP}/{name}", "--ignore-not-found",
-        "--cascade=foreground", "--wait=true", "--timeout=120s",
+        "delete",
+        "-n",
+        namespace,
+        f"{LWS_PLURAL}.{LWS_GROUP}/{name}",
+        "--ignore-not-found",
+        "--cascade=foreground",
+        "--wait=true",
+        "--timeout=120s",
     )
 
 
@@ -139,7 +152,9 @@ def _wait_group_running(core: client.CoreV1Api, namespace: str, lws: str) -> dic
             return {p.metadata.labels[WORKER_INDEX]: p for p in pods}
         return None
 
-    return wait_for(f"leader and worker pods of LeaderWorkerSet {lws} Running and Ready", probe, timeout_s=120)
+    return wait_for(
+        f"leader and worker pods of LeaderWorkerSet {lws} Running and Ready", probe, timeout_s=120
+    )
 
 
 def _env(pod: client.V1Pod) -> dict[str, str | None]:
@@ -229,7 +244,11 @@ def test_lws_places_leader_and_worker_on_the_p5_nodes(
         assert status["replicas"] == 1
         # The mutating LWS webhook's defaults (the CRD schema has none for these).
         spec = lws_cluster.kubectl(
-            "get", "-n", namespace, f"{LWS_PLURAL}.{LWS_GROUP}/{name}", "-o",
+            "get",
+            "-n",
+            namespace,
+            f"{LWS_PLURAL}.{LWS_GROUP}/{name}",
+            "-o",
             "jsonpath={.spec.networkConfig.subdomainPolicy}/{.spec.leaderWorkerTemplate.restartPolicy}",
         ).stdout
         assert spec == "Shared/RecreateGroupOnPodRestart"
@@ -245,7 +264,10 @@ def _rendered_group(namespace: str) -> list[dict[str, Any]]:
     moved into ``namespace`` (no ownerReferences: no MoEModel owns them here)."""
     out = subprocess.run(
         [KUBEMOE, "render", "-f", str(MULTINODE_SAMPLE)],
-        capture_output=True, text=True, check=True, timeout=60,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     ).stdout
     docs = [d for d in yaml.safe_load_all(out) if d and d["kind"] in ("LeaderWorkerSet", "Service")]
     assert sorted(d["kind"] for d in docs) == ["LeaderWorkerSet", "Service"]
@@ -297,11 +319,16 @@ def test_rendered_service_selects_only_the_leader(
             ]
             return eps if eps == [(leader.metadata.name, True, 8000)] else None
 
-        wait_for(f"EndpointSlice of Service {service_name} to hold just the leader", leader_endpoints, timeout_s=60)
+        wait_for(
+            f"EndpointSlice of Service {service_name} to hold just the leader", leader_endpoints, timeout_s=60
+        )
         addresses = [
-            a for s in discovery.list_namespaced_endpoint_slice(
+            a
+            for s in discovery.list_namespaced_endpoint_slice(
                 namespace, label_selector=f"kubernetes.io/service-name={service_name}"
-            ).items for ep in s.endpoints for a in ep.addresses
+            ).items
+            for ep in s.endpoints
+            for a in ep.addresses
         ]
         assert addresses == [leader.status.pod_ip]
     finally:
