@@ -341,14 +341,6 @@ def _served(kube: Kube, plural: str) -> int:
         pytest.param(
             ["servicemonitors.monitoring.coreos.com"],
             id="servicemonitors-only",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: KubeClient.has_api caches API presence per group/version (self._api_seen keyed by "
-                "kind.api_version) but answers per kind: PrometheusRule is checked first, caches "
-                "monitoring.coreos.com/v1 as present, and ServiceMonitor then reads that entry as present too. "
-                "The operator applies the ServiceMonitor, gets 404, and the reconcile fails forever ('404: HTTP "
-                "404', retried every resync): no status, never Ready, no Degraded/OptionalAPIMissing.",
-            ),
         ),
         pytest.param(
             ["servicemonitors.monitoring.coreos.com", "prometheusrules.monitoring.coreos.com"],
@@ -381,7 +373,10 @@ def test_a_missing_optional_api_degrades_the_moemodel_but_it_still_becomes_ready
         assert op.alive(), op.log()[-3000:]
         assert op.http("/healthz")[0] == 200
         assert "Traceback" not in op.log(), op.log()[-3000:]
-        assert "failed" not in op.log(), op.log()[-3000:]
+        # kopf may log (and retry) the API server's transient 429 while CRD storage re-initialises after the
+        # deletion; what must not happen is a failed kubemoe reconcile.
+        failed = [line for line in op.log().splitlines() if " kubemoe." in line and "failed" in line]
+        assert failed == [], op.log()[-3000:]
     finally:
         for source in sources.values():
             kube.kubectl(

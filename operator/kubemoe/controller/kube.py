@@ -88,7 +88,7 @@ class KubeClient:
     def __init__(self, api: client.ApiClient, *, api_check_ttl: float = 60.0) -> None:
         self.api = api
         self._api_check_ttl = api_check_ttl
-        self._api_seen: dict[str, tuple[bool, float]] = {}
+        self._api_seen: dict[str, tuple[frozenset[str], float]] = {}
 
     def _call(
         self,
@@ -117,7 +117,7 @@ class KubeClient:
             raw, status = (exc.body or "").encode(), exc.status or 0
         if status >= 400 or status == 0:
             metrics.API_ERRORS.labels(verb=verb, code=str(status)).inc()
-            message = _status_message(raw, status)
+            message = f"{verb} {path}: {_status_message(raw, status)}"
             if status == 404:
                 raise NotFound(404, message)
             if status == 409:
@@ -143,21 +143,22 @@ class KubeClient:
         return items
 
     def has_api(self, kind: Kind) -> bool:
-        """Whether the API server serves this kind's group/version (a CRD may be missing). Cached briefly,
-        so a CRD installed later is picked up without a restart and without asking on every reconcile."""
+        """Whether the API server serves this kind (its CRD may be missing). The resource list of each
+        group/version is cached briefly, so a CRD installed or removed later is noticed without a restart
+        and without asking on every reconcile; kinds of one group are told apart by their plural."""
         if not kind.group:
             return True
         seen = self._api_seen.get(kind.api_version)
         now = time.monotonic()
-        if seen is not None and now - seen[1] < self._api_check_ttl:
-            return seen[0]
-        try:
-            resources = self._call("GET", f"/apis/{kind.api_version}")
-            present = any(r.get("name") == kind.plural for r in resources.get("resources", []))
-        except NotFound:
-            present = False
-        self._api_seen[kind.api_version] = (present, now)
-        return present
+        if seen is None or now - seen[1] >= self._api_check_ttl:
+            try:
+                listing = self._call("GET", f"/apis/{kind.api_version}")
+                plurals = frozenset(str(r.get("name")) for r in listing.get("resources", []))
+            except NotFound:
+                plurals = frozenset()
+            seen = (plurals, now)
+            self._api_seen[kind.api_version] = seen
+        return kind.plural in seen[0]
 
     # ---------------------------------------------------------------- writes
     def apply(self, obj: Mapping[str, Any], *, force: bool = True) -> dict[str, Any]:

@@ -8,7 +8,6 @@ endpoints count as ready); the conditions name what is missing. Capacity is chec
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -17,8 +16,8 @@ from pydantic import ValidationError
 
 from kubemoe.api.moapipeline import MoAPipeline
 from kubemoe.controller import conditions as cond
-from kubemoe.controller import metrics
 from kubemoe.controller.events import post_event
+from kubemoe.controller.frame import reconcile_object
 from kubemoe.controller.kube import KINDS, KubeClient, kind_of
 from kubemoe.controller.observe import observe_workload
 from kubemoe.controller.sync import apply_children, prune_children
@@ -73,19 +72,13 @@ def _model_state(kube: KubeClient, namespace: str, name: str) -> ModelRefState:
 
 
 def reconcile_moapipeline(ctx: PipelineContext, namespace: str, name: str) -> str:
-    obj = ctx.kube.get(PIPELINE_KIND, namespace, name)
-    if obj is None or obj["metadata"].get("deletionTimestamp"):
-        return "gone"
-    status0 = obj.get("status") or {}
-    status = copy.deepcopy(status0)
-    conditions: list[dict[str, Any]] = status.setdefault("conditions", [])
-    generation = obj["metadata"].get("generation")
-    outcome = _reconcile(ctx, obj, status, conditions, generation)
-    status["observedGeneration"] = generation
-    if status != status0:
-        ctx.kube.patch_status(PIPELINE_KIND, namespace, name, status)
-        metrics.WRITES.labels(verb="status", kind="MoAPipeline").inc()
-    return outcome
+    return reconcile_object(
+        ctx.kube,
+        PIPELINE_KIND,
+        namespace,
+        name,
+        lambda obj, status, conds, gen: _reconcile(ctx, obj, status, conds, gen),
+    )
 
 
 def _reconcile(

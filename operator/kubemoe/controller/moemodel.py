@@ -7,7 +7,6 @@ what differs: an unchanged, undrifted MoEModel costs reads and no writes.
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +18,7 @@ from kubemoe.catalog.loader import Catalog
 from kubemoe.controller import conditions as cond
 from kubemoe.controller import metrics
 from kubemoe.controller.events import post_event
+from kubemoe.controller.frame import reconcile_object
 from kubemoe.controller.kube import KINDS, KubeClient, kind_of
 from kubemoe.controller.observe import WorkloadState, observe_workload
 from kubemoe.controller.sync import apply_children, prune_children
@@ -61,19 +61,13 @@ def children_selector(name: str) -> str:
 
 def reconcile_moemodel(ctx: ReconcileContext, namespace: str, name: str) -> str:
     """Reconcile one MoEModel; returns a short outcome word for metrics and logs."""
-    obj = ctx.kube.get(MODEL_KIND, namespace, name)
-    if obj is None or obj["metadata"].get("deletionTimestamp"):
-        return "gone"  # owner references let the garbage collector remove the children
-    status0 = obj.get("status") or {}
-    status = copy.deepcopy(status0)
-    conditions: list[dict[str, Any]] = status.setdefault("conditions", [])
-    generation = obj["metadata"].get("generation")
-    outcome = _reconcile(ctx, obj, status, conditions, generation)
-    status["observedGeneration"] = generation
-    if status != status0:
-        ctx.kube.patch_status(MODEL_KIND, namespace, name, status)
-        metrics.WRITES.labels(verb="status", kind="MoEModel").inc()
-    return outcome
+    return reconcile_object(
+        ctx.kube,
+        MODEL_KIND,
+        namespace,
+        name,
+        lambda obj, status, conds, gen: _reconcile(ctx, obj, status, conds, gen),
+    )
 
 
 def _not_planned(

@@ -34,7 +34,11 @@ class WorkQueue:
         self._failures: dict[Key, int] = {}
         self._timers: dict[Key, asyncio.TimerHandle] = {}
 
-    def add(self, key: Key, *, delay: float = 0.0) -> None:
+    def add(self, key: Key, *, delay: float = 0.0, resync: bool = False) -> None:
+        """Queue `key`. A resync leaves a key that is backing off alone: its retry is already scheduled, and
+        retrying it every resync period would defeat the backoff. Real events still queue it at once."""
+        if resync and key in self._timers:
+            return
         if delay > 0:
             if key not in self._timers:
                 loop = asyncio.get_running_loop()

@@ -183,7 +183,7 @@ async def _resync(rt: Runtime) -> None:
         try:
             if await asyncio.to_thread(is_leader, rt):
                 for key in await asyncio.to_thread(_all_keys, rt):
-                    rt.queue.add(key)
+                    rt.queue.add(key, resync=True)
             rt.ready = True
         except KubeError as exc:
             log.warning("resync listing failed: %s", exc)
