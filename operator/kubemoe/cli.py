@@ -250,17 +250,12 @@ def cmd_catalog(args: argparse.Namespace, catalog: Catalog) -> int:
 
 def cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
     import dataclasses
-    import logging
 
     from kubemoe.controller.config import OperatorConfig
+    from kubemoe.controller.logs import configure_logging
     from kubemoe.controller.runtime import run_operator  # kopf and kubernetes only when running
 
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if not args.verbose:  # kopf logs every handled event at INFO; our own lines say what changed
-        logging.getLogger("kopf").setLevel(logging.WARNING)
+    configure_logging(verbose=args.verbose, fmt=args.log_format)
     cfg = OperatorConfig(
         namespaces=args.namespace,
         standalone=args.standalone,
@@ -344,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resync-seconds", type=float, default=60.0, help="reconcile everything this often")
     run.add_argument("--health-port", type=int, default=8080, help="/healthz, /readyz and /metrics")
     run.add_argument("--router-image", help="image of the MoA router pods")
+    run.add_argument(
+        "--log-format", choices=["text", "json"], default="text", help="json: one object per line"
+    )
     run.add_argument("-v", "--verbose", action="store_true")
     run.set_defaults(func=cmd_run)
 

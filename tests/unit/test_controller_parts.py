@@ -83,3 +83,18 @@ def test_transition_time_moves_only_when_the_status_flips() -> None:
     long = "x" * 5000
     cond.set_condition(conditions, cond.DEGRADED, True, reason="R", message=long, generation=2)
     assert len(str(cond.condition(conditions, cond.DEGRADED)["message"])) == cond.MAX_MESSAGE  # type: ignore[index]
+
+
+def test_json_logs_are_one_parseable_object_per_record() -> None:
+    import json
+    import logging
+
+    from kubemoe.controller.logs import JsonFormatter
+
+    record = logging.LogRecord(
+        "kubemoe.operator", logging.WARNING, __file__, 1, "reconcile %s failed", ("x",), None
+    )
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["level"] == "WARNING"
+    assert entry["logger"] == "kubemoe.operator"
+    assert entry["message"] == "reconcile x failed"
