@@ -283,3 +283,15 @@ def test_every_sample_renders(sample: Path) -> None:
     objects = render_documents(docs, default_catalog())
     assert objects
     assert all({"apiVersion", "kind", "metadata"} <= set(o) for o in objects)
+
+
+def test_the_router_caps_in_flight_requests_at_its_share_of_the_target_rate() -> None:
+    from kubemoe.render.moapipeline import default_limits
+
+    doc = json.loads(json.dumps(PIPELINE))
+    doc["spec"]["capacity"] = {"targetRequestsPerSecond": 2}
+    doc["spec"]["policy"] = {"layerTimeoutSeconds": 10}
+    # One layer + the aggregator: at most 2 x 10 s in the system; 2 req/s x 20 s = 40 in flight in all.
+    assert default_limits(MoAPipeline.model_validate(doc)).max_concurrent_requests == 40
+    doc["spec"]["replicas"] = 4
+    assert default_limits(MoAPipeline.model_validate(doc)).max_concurrent_requests == 10

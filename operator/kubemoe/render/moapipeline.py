@@ -86,13 +86,15 @@ def router_config(pipeline: MoAPipeline, ctx: RouterRenderContext) -> RouterConf
 
 
 def default_limits(pipeline: MoAPipeline) -> Limits:
-    """Shed load above the target rate: by Little's law, in-flight requests = rate x time in the system,
-    and a request lives at most one layer deadline per layer plus the aggregator's."""
+    """Shed load above the target rate. By Little's law, requests in flight = rate x time in the system, and
+    a request lives at most one layer deadline per layer plus the aggregator's; the router replicas share
+    the target, so each one caps its own share."""
     target = pipeline.spec.capacity.target_requests_per_second
     if target is None:
         return Limits()
     per_request = pipeline.spec.policy.layer_timeout_seconds * (len(pipeline.spec.layers) + 1)
-    return Limits(max_concurrent_requests=max(1, math.ceil(target * per_request)))
+    replicas = max(1, pipeline.spec.replicas)
+    return Limits(max_concurrent_requests=max(1, math.ceil(target * per_request / replicas)))
 
 
 def _secret_volumes(pipeline: MoAPipeline) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
