@@ -43,3 +43,12 @@ def post_event(
         metrics.WRITES.labels(verb="create", kind="Event").inc()
     except KubeError as exc:  # an Event is best effort: never fail a reconcile over it
         log.warning("could not post event %s for %s/%s: %s", reason, meta["namespace"], meta["name"], exc)
+
+
+def announce_sync(kube: KubeClient, owner: dict[str, Any], *, applied: list[str], pruned: list[str]) -> None:
+    """Say what a reconcile changed (an Event and a log line); say nothing when it changed nothing."""
+    if not applied and not pruned:
+        return
+    what = ", ".join([*(f"applied {a}" for a in applied), *(f"deleted {p}" for p in pruned)])
+    post_event(kube, owner, reason="Synced", message=what)
+    log.info("%s/%s: %s", owner["metadata"]["namespace"], owner["metadata"]["name"], what)

@@ -8,7 +8,6 @@ endpoints count as ready); the conditions name what is missing. Capacity is chec
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +15,7 @@ from pydantic import ValidationError
 
 from kubemoe.api.moapipeline import MoAPipeline
 from kubemoe.controller import conditions as cond
-from kubemoe.controller.events import post_event
+from kubemoe.controller.events import announce_sync
 from kubemoe.controller.frame import reconcile_object
 from kubemoe.controller.kube import KINDS, KubeClient, kind_of
 from kubemoe.controller.observe import observe_workload
@@ -26,8 +25,6 @@ from kubemoe.planner.pipeline import plan_pipeline
 from kubemoe.render import model_endpoint
 from kubemoe.render.meta import COMPONENT_ROUTER, MANAGED_BY, selector_labels
 from kubemoe.render.moapipeline import RouterRenderContext, render_moapipeline, router_endpoint, router_name
-
-log = logging.getLogger(__name__)
 
 PIPELINE_KIND = KINDS["MoAPipeline"]
 OWNED_KINDS = [
@@ -116,10 +113,7 @@ def _reconcile(
         kinds=[k for k in OWNED_KINDS if ctx.kube.has_api(k)],
         keep={(o["kind"], o["metadata"]["name"]) for o in present},
     )
-    if synced.applied or pruned:
-        what = ", ".join([*(f"applied {a}" for a in synced.applied), *(f"deleted {p}" for p in pruned)])
-        post_event(ctx.kube, obj, reason="Synced", message=what)
-        log.info("%s/%s: %s", namespace, name, what)
+    announce_sync(ctx.kube, obj, applied=synced.applied, pruned=pruned)
 
     # Capacity and the resolved agents.
     endpoints: dict[str, tuple[str, str]] = {}

@@ -17,7 +17,7 @@ from kubemoe.api.moemodel import MoEModel
 from kubemoe.catalog.loader import Catalog
 from kubemoe.controller import conditions as cond
 from kubemoe.controller import metrics
-from kubemoe.controller.events import post_event
+from kubemoe.controller.events import announce_sync, post_event
 from kubemoe.controller.frame import reconcile_object
 from kubemoe.controller.kube import KINDS, KubeClient, kind_of
 from kubemoe.controller.observe import WorkloadState, observe_workload
@@ -161,10 +161,7 @@ def _reconcile(
         kinds=[k for k in OWNED_KINDS if ctx.kube.has_api(k)],
         keep=keep,
     )
-    if synced.applied or pruned:
-        what = ", ".join([*(f"applied {a}" for a in synced.applied), *(f"deleted {p}" for p in pruned)])
-        post_event(ctx.kube, obj, reason="Synced", message=what)
-        log.info("%s/%s: %s", namespace, name, what)
+    announce_sync(ctx.kube, obj, applied=synced.applied, pruned=pruned)
     for kind in OWNED_KINDS:
         metrics.MANAGED_OBJECTS.labels(kind=kind.kind)  # make the series exist
 
