@@ -8,6 +8,7 @@ endpoints count as ready); the conditions name what is missing. Capacity is chec
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,7 @@ from kubemoe.controller.sync import apply_children, prune_children
 from kubemoe.documents import format_validation_error
 from kubemoe.planner.pipeline import plan_pipeline
 from kubemoe.render import model_endpoint
-from kubemoe.render.meta import COMPONENT_ROUTER, MANAGED_BY, selector_labels
+from kubemoe.render.meta import COMPONENT_ROUTER, MANAGED_BY, selector_string
 from kubemoe.render.moapipeline import RouterRenderContext, render_moapipeline, router_endpoint, router_name
 
 PIPELINE_KIND = KINDS["MoAPipeline"]
@@ -59,23 +60,14 @@ def _model_state(kube: KubeClient, namespace: str, name: str) -> ModelRefState:
     obj = kube.get(KINDS["MoEModel"], namespace, name)
     if obj is None:
         return ModelRefState(name, found=False, ready=False, served=name, replicas=0)
-    ready = any(
-        c.get("type") == "Ready" and c.get("status") == "True"
-        for c in (obj.get("status") or {}).get("conditions", [])
-    )
+    ready = cond.is_true((obj.get("status") or {}).get("conditions") or [], cond.READY)
     served = (obj.get("spec", {}).get("model") or {}).get("servedModelName") or name
     replicas = int((obj.get("status") or {}).get("readyReplicas") or obj.get("spec", {}).get("replicas") or 1)
     return ModelRefState(name, found=True, ready=ready, served=served, replicas=max(1, replicas))
 
 
 def reconcile_moapipeline(ctx: PipelineContext, namespace: str, name: str) -> str:
-    return reconcile_object(
-        ctx.kube,
-        PIPELINE_KIND,
-        namespace,
-        name,
-        lambda obj, status, conds, gen: _reconcile(ctx, obj, status, conds, gen),
-    )
+    return reconcile_object(ctx.kube, PIPELINE_KIND, namespace, name, functools.partial(_reconcile, ctx))
 
 
 def _reconcile(
@@ -87,6 +79,7 @@ def _reconcile(
 ) -> str:
     meta = obj["metadata"]
     name, namespace = meta["name"], meta["namespace"]
+    selector = selector_string("MoAPipeline", name, COMPONENT_ROUTER)
     try:
         pipeline = MoAPipeline.model_validate(obj)
     except ValidationError as exc:
@@ -106,10 +99,7 @@ def _reconcile(
         ctx.kube,
         namespace=namespace,
         owner_uid=meta["uid"],
-        selector=",".join(
-            f"{k}={v}" for k, v in selector_labels("MoAPipeline", name, COMPONENT_ROUTER).items()
-        )
-        + f",app.kubernetes.io/managed-by={MANAGED_BY}",
+        selector=f"{selector},app.kubernetes.io/managed-by={MANAGED_BY}",
         kinds=[k for k in OWNED_KINDS if ctx.kube.has_api(k)],
         keep={(o["kind"], o["metadata"]["name"]) for o in present},
     )
@@ -156,7 +146,6 @@ def _reconcile(
 
     # The router and the models.
     deployment = synced.live[("Deployment", router_name(name))]
-    selector = ",".join(f"{k}={v}" for k, v in selector_labels("MoAPipeline", name, COMPONENT_ROUTER).items())
     router = observe_workload(ctx.kube, deployment, namespace=namespace, selector=selector)
     status["readyReplicas"] = router.ready_replicas
     cond.set_condition(

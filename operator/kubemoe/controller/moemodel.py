@@ -7,6 +7,7 @@ what differs: an unchanged, undrifted MoEModel costs reads and no writes.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +27,8 @@ from kubemoe.documents import format_validation_error
 from kubemoe.planner import PlanningError, plan_placement
 from kubemoe.planner.settings import PlannerSettings
 from kubemoe.render import EngineDialectError, model_endpoint, render_moemodel
-from kubemoe.render.meta import COMPONENT_MODEL, MANAGED_BY, selector_labels
+from kubemoe.render.meta import COMPONENT_MODEL, MANAGED_BY
+from kubemoe.render.meta import selector_string as labels_query
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +54,7 @@ class ReconcileContext:
 
 
 def selector_string(name: str) -> str:
-    return ",".join(f"{k}={v}" for k, v in selector_labels("MoEModel", name, COMPONENT_MODEL).items())
+    return labels_query("MoEModel", name, COMPONENT_MODEL)
 
 
 def children_selector(name: str) -> str:
@@ -61,13 +63,7 @@ def children_selector(name: str) -> str:
 
 def reconcile_moemodel(ctx: ReconcileContext, namespace: str, name: str) -> str:
     """Reconcile one MoEModel; returns a short outcome word for metrics and logs."""
-    return reconcile_object(
-        ctx.kube,
-        MODEL_KIND,
-        namespace,
-        name,
-        lambda obj, status, conds, gen: _reconcile(ctx, obj, status, conds, gen),
-    )
+    return reconcile_object(ctx.kube, MODEL_KIND, namespace, name, functools.partial(_reconcile, ctx))
 
 
 def _not_planned(

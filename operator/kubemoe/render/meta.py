@@ -22,6 +22,11 @@ def selector_labels(kind: str, name: str, component: str) -> dict[str, str]:
     }
 
 
+def selector_string(kind: str, name: str, component: str) -> str:
+    """The selector labels as a label-selector query (`k=v,k=v`), for list calls and the scale subresource."""
+    return ",".join(f"{k}={v}" for k, v in selector_labels(kind, name, component).items())
+
+
 def standard_labels(kind: str, name: str, component: str, version: str | None = None) -> dict[str, str]:
     """Selector labels plus the ones the operator watches its children by (`managed-by`)."""
     labels = selector_labels(kind, name, component)
