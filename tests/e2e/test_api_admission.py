@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kubemoe.documents import parse_resource
+
 from .harness import KubeCluster, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -24,8 +26,7 @@ KUBEMOE = str(Path(sys.executable).parent / "kubemoe")
 @pytest.fixture(scope="module")
 def crds_installed(kube_cluster: KubeCluster) -> KubeCluster:
     kube_cluster.kubectl("apply", "--server-side", "--field-manager=kubemoe-tests", "-f", str(ROOT / "crds"))
-    for crd in ("moemodels.kubemoe.io", "moapipelines.kubemoe.io"):
-        kube_cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
+    kube_cluster.wait_established("moemodels.kubemoe.io", "moapipelines.kubemoe.io")
     return kube_cluster
 
 
@@ -128,6 +129,38 @@ def test_bad_crs_are_rejected_at_apply_with_readable_messages(
     proc = crds_installed.kubectl("apply", "-n", namespace, "-f", "-", input=document, check=False)
     assert proc.returncode != 0, proc.stdout
     assert fragment in proc.stderr, proc.stderr
+
+
+#: Every new rule's valid edge: admitted by the API server and by the Python twin alike.
+NEAR_MISSES = """apiVersion: kubemoe.io/v1alpha1
+kind: MoEModel
+metadata: {name: a-52-character-name-is-the-longest-allowed-012345678}
+spec:
+  model:
+    name: acme/moe
+    architecture: {totalParamsB: 47, activeParamsB: 47, numLayers: 32, hiddenSize: 4096,
+                   numAttentionHeads: 32, numKvHeads: 8, numExperts: 8, expertsPerToken: 2}
+  engine: {version: 0.10.1}
+  placement:
+    nodeSelector: {topology.kubernetes.io/zone: us-east-1a, example.com/Pool_A.b: "", tier: "1"}
+    tolerations:
+    - {operator: Exists}
+    - {key: example.com/dedicated, operator: Equal, value: gpu-pool, effect: NoSchedule}
+    - {key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 30}
+  routing:
+    parentRefs: [{name: gw}]
+    hostnames: ["*.models.example.com", api.example.com, localhost]
+  resources:
+    requests: {cpu: 500m, memory: 1.5Gi, ephemeral-storage: 1e3, example.com/foo: 4}
+    limits: {cpu: "1", memory: 1536Mi, example.com/foo: 4}
+"""
+
+
+def test_valid_edges_of_every_new_rule_are_admitted(crds_installed: KubeCluster, namespace: str) -> None:
+    doc = yaml.safe_load(NEAR_MISSES)
+    parse_resource(doc, "near misses")  # the Python twin admits it too
+    proc = crds_installed.kubectl("apply", "-n", namespace, "-f", "-", input=NEAR_MISSES, check=False)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_kubectl_explain_documents_the_fields(crds_installed: KubeCluster) -> None:

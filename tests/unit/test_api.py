@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from kubemoe.api import MoAPipelineSpec, MoEModelSpec
 from kubemoe.api.moemodel import Architecture
+from kubemoe.api.rules import parse_quantity
 
 
 def _moe(**overrides: Any) -> dict[str, Any]:
@@ -163,3 +164,13 @@ def test_unset_quorum_waits_for_every_agent_of_the_layer() -> None:
     assert spec.policy.quorum(3) == 3
     with_quorum = MoAPipelineSpec.model_validate(_moa(policy={"minResponses": 1}))
     assert with_quorum.policy.quorum(2) == 1
+
+
+@pytest.mark.parametrize(
+    ("smaller", "larger"),
+    [("500m", "1"), ("1Gi", "1025Mi"), ("1k", "1Ki"), ("999", "1e3"), (".5", "1"), ("1M", "1Mi"), (0, "1n")],
+)
+def test_quantities_compare_by_value_like_the_api_servers_quantity(smaller: str | int, larger: str) -> None:
+    assert parse_quantity(smaller) < parse_quantity(larger)
+    assert parse_quantity("1Gi") == parse_quantity("1024Mi") == parse_quantity(2**30)
+    assert parse_quantity("1e3") == parse_quantity("1k")

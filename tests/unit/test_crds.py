@@ -76,7 +76,7 @@ def test_moemodel_crd_names_scale_subresource_and_printer_columns() -> None:
     assert version["subresources"]["scale"]["specReplicasPath"] == ".spec.replicas"
     assert version["subresources"]["scale"]["labelSelectorPath"] == ".status.selector"
     columns = [c["name"] for c in version["additionalPrinterColumns"] if "priority" not in c]
-    assert columns == ["Model", "Instance", "TP", "EP", "Nodes", "Ready", "Age"]
+    assert columns == ["Model", "Instance", "TP", "EP", "Nodes", "$/Mtok", "Ready", "Age"]
 
 
 def test_moapipeline_crd_names_and_printer_columns() -> None:

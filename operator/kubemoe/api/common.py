@@ -9,10 +9,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, WithJsonSchema, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
+
+from kubemoe.api import rules as r
+from kubemoe.api.conditions import ConditionType
+from kubemoe.api.rules import Checked, Rule
 
 GROUP = "kubemoe.io"
 VERSION = "v1alpha1"
@@ -23,10 +27,13 @@ DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 #: Subdomain names (RFC 1123): Secrets, ConfigMaps, most objects.
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
-# A Kubernetes quantity written either as a number (`cpu: 4`) or a string (`memory: 64Gi`).
+# A Kubernetes quantity written either as a number (`cpu: 4`) or a string (`memory: 64Gi`). Its grammar is
+# checked by the map that holds it (`rules.QUANTITIES`), so the message names the rule, not a regex.
 Quantity = Annotated[
-    int | str,
-    WithJsonSchema({"x-kubernetes-int-or-string": True, "description": "A Kubernetes quantity."}),
+    int | Annotated[str, Field(max_length=64)],
+    WithJsonSchema(
+        {"x-kubernetes-int-or-string": True, "maxLength": 64, "description": "A Kubernetes quantity."}
+    ),
 ]
 
 
@@ -38,19 +45,31 @@ class KubeModel(BaseModel):
         populate_by_name=True,
         extra="forbid",
         use_attribute_docstrings=False,
+        # JSON types as the API server checks them: "3" is not an integer, 1 is not a boolean.
+        strict=True,
     )
 
     #: CEL rules copied into the CRD as `x-kubernetes-validations`; each has a Python twin in a validator,
     #: so `kubemoe render` (no cluster) and `kubectl apply` reject the same objects with the same message.
     cel_rules: ClassVar[list[dict[str, str]]] = []
+    #: Rules written once (`kubemoe.api.rules`): emitted as CEL and checked by `_check_rules` in Python.
+    rules: ClassVar[tuple[Rule, ...]] = ()
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> KubeModel:
+        broken = r.first_broken(type(self).rules, self)
+        if broken is not None:
+            raise ValueError(broken.message)
+        return self
 
     @classmethod
     def __get_pydantic_json_schema__(
         cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
     ) -> JsonSchemaValue:
         schema = handler.resolve_ref_schema(handler(core_schema))
-        if cls.cel_rules:
-            schema["x-kubernetes-validations"] = [dict(r) for r in cls.cel_rules]
+        validations = [dict(rule) for rule in cls.cel_rules] + [rule.schema() for rule in cls.rules]
+        if validations:
+            schema["x-kubernetes-validations"] = validations
         # A sub-object that is built by default (engine, serving, ...) gets `default: {}` in the CRD, so the API
         # server applies its nested defaults even when the user leaves the whole block out.
         for name, field in cls.model_fields.items():
@@ -78,10 +97,12 @@ ConditionStatus = Literal["True", "False", "Unknown"]
 class Condition(StatusModel):
     """One observation of the object's state, in the shape of metav1.Condition."""
 
-    type: str = Field(
-        description="Condition type: Planned, Progressing, Available, Ready, Degraded, CapacityOK."
+    type: ConditionType = Field(
+        description="Condition type: Planned, Progressing, Available, Ready, Degraded, CapacityOK, RouteAccepted."
     )
     status: ConditionStatus = Field(description="True, False or Unknown.")
+    # A str, not an enum: the planner's PlanReason values are reasons too (both are listed in
+    # api.conditions and planner.types), and a reason added later must not fail an older reader.
     reason: str = Field(description="A stable CamelCase word saying why, e.g. InsufficientMemory.")
     message: str = Field(default="", description="What happened and what to change, for people.")
     last_transition_time: datetime | None = Field(
@@ -120,8 +141,12 @@ class Routing(KubeModel):
     parent_refs: list[ParentRef] = Field(
         min_length=1, max_length=16, description="Gateways to attach the HTTPRoute to."
     )
-    hostnames: list[str] = Field(
-        default_factory=list, max_length=16, description="Host names the route answers for (any when empty)."
+    hostnames: Annotated[list[Annotated[str, Field(min_length=1, max_length=253)]], Checked(r.HOSTNAMES)] = (
+        Field(
+            default_factory=list,
+            max_length=16,
+            description="Host names the route answers for (any when empty): RFC 1123, optionally `*.` first.",
+        )
     )
     path_prefix: str | None = Field(
         default=None,
@@ -131,24 +156,56 @@ class Routing(KubeModel):
     )
 
 
+#: An int64 field: bounded in Python, `format: int64` for the API server (which refuses numeric bounds this
+#: large, and overflows beyond them itself).
+Int64 = Annotated[
+    int, Field(ge=-(2**63), le=2**63 - 1), WithJsonSchema({"type": "integer", "format": "int64"})
+]
+
+
 class Toleration(KubeModel):
     """A pod toleration, as in core/v1."""
 
-    key: str | None = Field(default=None, max_length=316, description="Taint key to tolerate.")
+    key: Annotated[str, Field(max_length=317), Checked(r.TOLERATION_KEY)] | None = Field(
+        default=None, description="Taint key to tolerate; empty with Exists: every taint."
+    )
     operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Exists or Equal.")
-    value: str | None = Field(default=None, max_length=63, description="Taint value when operator is Equal.")
+    value: Annotated[str, Field(max_length=63), Checked(r.TOLERATION_VALUE)] | None = Field(
+        default=None, description="Taint value when operator is Equal."
+    )
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="Taint effect to match; all effects when empty."
     )
-    toleration_seconds: int | None = Field(
+    toleration_seconds: Int64 | None = Field(
         default=None, description="How long a NoExecute taint is tolerated."
     )
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        r.EXISTS_HAS_NO_VALUE,
+        r.EMPTY_KEY_NEEDS_EXISTS,
+        r.SECONDS_NEED_NO_EXECUTE,
+    )
+
+
+ResourceList = Annotated[dict[str, Quantity], Checked(r.RESOURCE_NAMES, r.QUANTITIES)]
+
+#: Node labels a pod must match, checked as label keys and values.
+# Values carry maxLength so the API server can bound the cost of the CEL rule over them.
+NodeSelector = Annotated[
+    dict[str, Annotated[str, Field(max_length=63)]], Checked(r.LABEL_KEYS, r.LABEL_VALUES)
+]
 
 
 class ResourceOverrides(KubeModel):
     """CPU, memory and other non-accelerator resources of the serving container. Accelerators come from the plan."""
 
-    requests: dict[str, Quantity] = Field(
-        default_factory=dict, description="Resource requests, e.g. cpu, memory."
+    requests: ResourceList = Field(
+        default_factory=dict, max_length=32, description="Resource requests, e.g. cpu, memory."
     )
-    limits: dict[str, Quantity] = Field(default_factory=dict, description="Resource limits, e.g. memory.")
+    limits: ResourceList = Field(
+        default_factory=dict,
+        max_length=32,
+        description="Resource limits, e.g. memory (at least the request).",
+    )
+
+    rules: ClassVar[tuple[Rule, ...]] = (r.LIMITS_COVER_REQUESTS,)

@@ -18,13 +18,11 @@ from pydantic import BaseModel
 from kubemoe.api.common import GROUP, VERSION
 from kubemoe.api.moapipeline import MoAPipelineSpec, MoAPipelineStatus
 from kubemoe.api.moemodel import MoEModelSpec, MoEModelStatus
+from kubemoe.api.rules import CR_NAME_RULE
 
 # Object names become Service names, label values and pod-name prefixes (LWS pods are `<name>-<group>-<worker>`),
-# so they must be DNS-1035 labels with room for suffixes.
-NAME_RULE = {
-    "rule": "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 52",
-    "message": "metadata.name must start with a letter, use only a-z, 0-9 and '-', and be at most 52 characters",
-}
+# so they must be DNS-1035 labels with room for suffixes. The Python twin is `ObjectMeta`'s name check.
+NAME_RULE = CR_NAME_RULE.schema()
 
 _DROP = {"title", "$defs"}
 
@@ -119,6 +117,8 @@ def _crd(
         "metadata": {
             "name": f"{plural}.{GROUP}",
             "labels": {"app.kubernetes.io/name": "kubemoe", "app.kubernetes.io/part-of": "kubemoe"},
+            # Argo CD applies wave -1 before the MoEModels/MoAPipelines (wave 0) of the same sync.
+            "annotations": {"argocd.argoproj.io/sync-wave": "-1"},
         },
         "spec": {
             "group": GROUP,
@@ -181,6 +181,7 @@ def moemodel_crd() -> dict[str, Any]:
             {"name": "TP", "type": "integer", "jsonPath": ".status.plan.tensorParallelSize"},
             {"name": "EP", "type": "integer", "jsonPath": ".status.plan.expertParallelSize"},
             {"name": "Nodes", "type": "integer", "jsonPath": ".status.plan.nodesPerReplica"},
+            {"name": "$/Mtok", "type": "number", "jsonPath": ".status.plan.costPerMillionTokens"},
             _ready_column(),
             {
                 "name": "Reason",
@@ -190,6 +191,7 @@ def moemodel_crd() -> dict[str, Any]:
             },
             {"name": "Cost/h", "type": "number", "priority": 1, "jsonPath": ".status.plan.costPerHour"},
             {"name": "Endpoint", "type": "string", "priority": 1, "jsonPath": ".status.endpoint"},
+            {"name": "Gateway", "type": "string", "priority": 1, "jsonPath": ".status.gatewayEndpoint"},
             _age_column(),
         ],
     )
@@ -208,6 +210,7 @@ def moapipeline_crd() -> dict[str, Any]:
             {"name": "Agents", "type": "integer", "jsonPath": ".status.agentCount"},
             {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint"},
             _ready_column(),
+            {"name": "Gateway", "type": "string", "priority": 1, "jsonPath": ".status.gatewayEndpoint"},
             {
                 "name": "MaxRPS",
                 "type": "number",

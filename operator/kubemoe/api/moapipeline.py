@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from kubemoe.api.common import (
     DNS_LABEL,
+    DNS_SUBDOMAIN,
     Condition,
     KubeModel,
     ResourceOverrides,
@@ -61,6 +62,14 @@ class MoEModelRef(KubeModel):
     name: str = Field(pattern=DNS_LABEL, max_length=63, description="Name of the MoEModel.")
 
 
+def model_key(moe_model_ref: MoEModelRef | None, endpoint: EndpointRef | None) -> str:
+    """The one spelling of a model's key: `moe:<name>` or `endpoint:<url>#<model>` (exactly one is set)."""
+    if moe_model_ref is not None:
+        return f"moe:{moe_model_ref.name}"
+    assert endpoint is not None
+    return f"endpoint:{endpoint.url}#{endpoint.model}"
+
+
 _ONE_MODEL_RULE = {
     "rule": "has(self.moeModelRef) != has(self.endpoint)",
     "message": "set exactly one of moeModelRef and endpoint",
@@ -80,10 +89,7 @@ class _ModelReference(KubeModel):
     @property
     def model_key(self) -> str:
         """A stable name for the model this reference points at (capacity is counted per model)."""
-        if self.moe_model_ref is not None:
-            return f"moe:{self.moe_model_ref.name}"
-        assert self.endpoint is not None
-        return f"endpoint:{self.endpoint.url}#{self.endpoint.model}"
+        return model_key(self.moe_model_ref, self.endpoint)
 
 
 class Agent(_ModelReference):
@@ -125,13 +131,40 @@ class Aggregator(_ModelReference):
 
 
 class Policy(KubeModel):
-    """Stragglers and failures."""
+    """Stragglers, failures and deadlines.
+
+    Four clocks bound a request, and each ends it with an OpenAI-style error (504 before the first byte; once a
+    stream has started, an `error` event and the end of the stream), cancelling every upstream call in flight:
+    `requestTimeoutSeconds` (the whole request), `layerTimeoutSeconds` (each proposer layer),
+    `aggregatorTimeoutSeconds` (the aggregator's call, first byte to last token) and `streamIdleTimeoutSeconds`
+    (the longest silence between two chunks of the aggregator's stream, SSE comments not counting).
+    """
 
     layer_timeout_seconds: float = Field(
         default=60.0,
         gt=0,
         le=3600,
         description="Deadline of each layer; the layer moves on with what has arrived.",
+    )
+    request_timeout_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        le=3600,
+        description="Deadline of the whole request, from admission to the last byte; then 504 (or, mid-stream, "
+        "an error event) and every upstream call is cancelled.",
+    )
+    aggregator_timeout_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        le=3600,
+        description="Deadline of the aggregator's call, to its last token: a backend that drips tokens ends here.",
+    )
+    stream_idle_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Longest silence between two chunks of the aggregator's stream (the first included); SSE "
+        "keep-alive comments do not count as chunks.",
     )
     min_responses: int | None = Field(
         default=None,
@@ -149,6 +182,89 @@ class Policy(KubeModel):
         default="skip",
         description="skip: drop a failed agent's answer; fail: fail the request, naming the agent.",
     )
+
+    # has(): the API server checks these rules against the CRD's `default: {}` too, where the fields'
+    # own defaults are not filled in yet; in every stored object they are, so the guards never skip a check.
+    cel_rules: ClassVar[list[dict[str, str]]] = [
+        {
+            "rule": "!has(self.layerTimeoutSeconds) || !has(self.requestTimeoutSeconds) || "
+            "self.layerTimeoutSeconds <= self.requestTimeoutSeconds",
+            "message": "layerTimeoutSeconds must not exceed requestTimeoutSeconds",
+        },
+        {
+            "rule": "!has(self.aggregatorTimeoutSeconds) || !has(self.requestTimeoutSeconds) || "
+            "self.aggregatorTimeoutSeconds <= self.requestTimeoutSeconds",
+            "message": "aggregatorTimeoutSeconds must not exceed requestTimeoutSeconds",
+        },
+        {
+            "rule": "!has(self.streamIdleTimeoutSeconds) || !has(self.aggregatorTimeoutSeconds) || "
+            "self.streamIdleTimeoutSeconds <= self.aggregatorTimeoutSeconds",
+            "message": "streamIdleTimeoutSeconds must not exceed aggregatorTimeoutSeconds",
+        },
+    ]
+
+    @model_validator(mode="after")
+    def _deadlines_nest(self) -> Policy:
+        # The Python twin of cel_rules, so `kubemoe render` and `kubectl apply` reject the same specs.
+        if self.layer_timeout_seconds > self.request_timeout_seconds:
+            raise ValueError("layerTimeoutSeconds must not exceed requestTimeoutSeconds")
+        if self.aggregator_timeout_seconds > self.request_timeout_seconds:
+            raise ValueError("aggregatorTimeoutSeconds must not exceed requestTimeoutSeconds")
+        if self.stream_idle_timeout_seconds > self.aggregator_timeout_seconds:
+            raise ValueError("streamIdleTimeoutSeconds must not exceed aggregatorTimeoutSeconds")
+        return self
+
+
+#: What a client key's name may be: a Secret data key (the file name it is mounted under).
+SECRET_DATA_KEY = r"^[-._a-zA-Z0-9]+$"
+
+
+class ClientAuth(KubeModel):
+    """Who may call the router: bearer keys from a Secret, each under its own name.
+
+    Every data key of the Secret is one client key: the data key is its NAME (what logs and metrics show), the
+    value is the key a client sends as `Authorization: Bearer <value>`. The kubelet mounts the Secret and
+    updates it in place; the router re-reads it within a second or two, so keys rotate without a restart.
+    On by default: a pipeline is open only with `enabled: false`.
+    """
+
+    enabled: bool = Field(
+        default=True, description="Require client keys. false: anyone who reaches it may call."
+    )
+    secret_name: str | None = Field(
+        default=None,
+        pattern=DNS_SUBDOMAIN,
+        max_length=253,
+        description="Secret holding the client keys (data key = key name). Default: <pipeline>-client-keys. "
+        "Until it exists, the router is not ready and answers 401.",
+    )
+    requests_per_second: float | None = Field(
+        default=None, gt=0, le=100_000, description="Per-key request rate limit (429 above it). Unset: none."
+    )
+    burst: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000,
+        description="Requests a key may send at once. Default: the rate, at least 1.",
+    )
+    revoked_keys: list[Annotated[str, StringConstraints(pattern=SECRET_DATA_KEY, max_length=253)]] = Field(
+        default_factory=list,
+        max_length=256,
+        description="Names of keys refused with 403 although still in the Secret.",
+    )
+
+    cel_rules: ClassVar[list[dict[str, str]]] = [
+        {
+            "rule": "!has(self.burst) || has(self.requestsPerSecond)",
+            "message": "burst needs requestsPerSecond",
+        },
+    ]
+
+    @model_validator(mode="after")
+    def _check(self) -> ClientAuth:
+        if self.burst is not None and self.requests_per_second is None:
+            raise ValueError("burst needs requestsPerSecond")
+        return self
 
 
 class RouterAlerts(KubeModel):
@@ -193,6 +309,11 @@ class ModelServiceRate(KubeModel):
         },
     ]
 
+    @property
+    def model_key(self) -> str:
+        """The key of the model this rate is for, as agents spell it (`model_key`)."""
+        return model_key(self.moe_model_ref, self.endpoint)
+
     @model_validator(mode="after")
     def _check(self) -> ModelServiceRate:
         if (self.moe_model_ref is None) == (self.endpoint is None):
@@ -215,13 +336,210 @@ class Capacity(KubeModel):
     )
 
 
+# ------------------------------------------------------------------------------------ topology (decentralised)
+
+
+class GraphNeighbours(KubeModel):
+    """One member's fixed neighbours (selection `graph`)."""
+
+    member: str = Field(pattern=DNS_LABEL, max_length=63, description="A member (agent name).")
+    # Small bounds keep the CEL rules over the graph within the API server's cost budget.
+    neighbours: list[str] = Field(
+        min_length=1, max_length=16, description="Members this one shares its queries with."
+    )
+
+
+class PeerAdmission(KubeModel):
+    """Admission control from the stability condition rho = alpha((k+1)M+1)lambda < 1."""
+
+    policy: Literal["shed", "reduceNeighbours", "none"] = Field(
+        default="shed",
+        description="shed: answer 429 with Retry-After; reduceNeighbours: use the largest k that keeps rho "
+        "below maxUtilization (shed only when even k=0 does not); none: only report rho (benchmarks).",
+    )
+    max_utilization: float = Field(
+        default=0.9, gt=0, lt=1, description="Act before rho reaches this (strictly below 1)."
+    )
+    window_seconds: float = Field(
+        default=10.0, gt=0, le=3600, description="Sliding window over which lambda and alpha are measured."
+    )
+    service_time_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        le=3600,
+        description="alpha to assume until the peer has measured its model (unset: admit until measured).",
+    )
+    retry_after_seconds: int = Field(default=1, ge=1, le=3600, description="Retry-After sent with 429.")
+
+
+class Topology(KubeModel):
+    """Who answers a query: the central router, or peers (one per member agent) that gossip it."""
+
+    mode: Literal["central", "decentralised"] = Field(
+        default="central",
+        description="central: one router runs the layers. decentralised: every agent is a peer fronting its "
+        "model; a query entering any peer is shared with `neighbours` peers per layer over `layers` layers "
+        "and aggregated by that peer.",
+    )
+    neighbours: int = Field(default=2, ge=0, le=63, description="k: peers a query is shared with per layer.")
+    layers: int = Field(default=2, ge=1, le=8, description="M: gossip layers per query.")
+    aggregation: Literal["synthesize", "vote"] = Field(
+        default="synthesize",
+        description="synthesize: the entry peer's own model writes the answer with the aggregator's "
+        "promptTemplate; vote: the most frequent final-layer answer (no extra call).",
+    )
+    selection: Literal["random", "ring", "graph"] = Field(
+        default="random",
+        description="random: k random live peers per query; ring: the next k members in spec order; graph: "
+        "the first k of each member's `graph` neighbours.",
+    )
+    graph: list[GraphNeighbours] = Field(
+        default_factory=list, max_length=32, description="Fixed neighbours per member (selection `graph`)."
+    )
+    admission: PeerAdmission = Field(default_factory=PeerAdmission, description="Load shedding per peer.")
+
+    # has(): the API server checks these rules against the CRD's `default: {}` too, where nothing is set yet.
+    cel_rules: ClassVar[list[dict[str, str]]] = [
+        {
+            "rule": "!has(self.selection) || self.selection != 'graph' || (has(self.graph) && size(self.graph) > 0)",
+            "message": "selection graph needs a graph",
+        },
+        {
+            "rule": "!has(self.graph) || self.graph.all(g, size(g.neighbours) >= (has(self.neighbours) ? self.neighbours : 2))",
+            "message": "every graph member needs at least `neighbours` neighbours",
+        },
+    ]
+
+    @model_validator(mode="after")
+    def _check(self) -> Topology:
+        if self.selection == "graph" and not self.graph:
+            raise ValueError("selection graph needs a graph")
+        for g in self.graph:
+            if len(g.neighbours) < self.neighbours:
+                raise ValueError("every graph member needs at least `neighbours` neighbours")
+        return self
+
+    def check_members(self, members: list[str]) -> None:
+        """Rules that need the pipeline's members (agent names); ValueError names the problem."""
+        if self.mode == "decentralised" and self.neighbours > len(members) - 1:
+            raise ValueError(
+                f"topology.neighbours ({self.neighbours}) must be below the number of members ({len(members)})"
+            )
+        known = set(members)
+        for g in self.graph:
+            unknown = sorted({g.member, *g.neighbours} - known)
+            if unknown:
+                raise ValueError(f"topology.graph names unknown members: {', '.join(unknown)}")
+            if g.member in g.neighbours:
+                raise ValueError(f"topology.graph: {g.member} lists itself as a neighbour")
+
+
+#: CEL twins of `Topology.check_members` on the spec (members are the agents of every layer).
+_TOPOLOGY_SPEC_RULES = [
+    {
+        "rule": "!has(self.topology) || !has(self.topology.mode) || self.topology.mode != 'decentralised' || "
+        "(has(self.topology.neighbours) ? self.topology.neighbours : 2) < self.layers.map(l, size(l.agents)).sum()",
+        "message": "topology.neighbours must be below the number of members (agents)",
+    },
+    {
+        "rule": "!has(self.topology) || !has(self.topology.graph) || self.topology.graph.all(g, self.layers.exists(l, "
+        "l.agents.exists(a, a.name == g.member)) && g.neighbours.all(n, n != g.member && "
+        "self.layers.exists(l, l.agents.exists(a, a.name == n))))",
+        "message": "topology.graph must name members (agents) only, and no member as its own neighbour",
+    },
+]
+
+
+class PeerStatus(StatusModel):
+    """One decentralised peer: its pod's readiness (from the API server) and its stability figures, as its
+    `GET /status` reported them to the operator at the last reconcile (unset when it could not be read)."""
+
+    member: str = Field(description="The member (agent name) this peer fronts.")
+    ready: bool = Field(default=False, description="Whether the peer's pod is ready (its readiness probe).")
+    address: str | None = Field(default=None, description="Base URL the other peers call it at.")
+    utilization: float | None = Field(default=None, description="rho = alpha((k+1)M+1)lambda.")
+    arrival_rate: float | None = Field(default=None, description="Accepted user queries per second (lambda).")
+    service_time_seconds: float | None = Field(default=None, description="Measured alpha of its model.")
+    max_stable_rate: float | None = Field(default=None, description="1 / (alpha((k+1)M+1)).")
+    neighbours: int | None = Field(default=None, description="k used for its last admitted query.")
+
+    @classmethod
+    def from_peer(
+        cls, member: str, body: dict[str, Any], *, ready: bool = False, address: str | None = None
+    ) -> PeerStatus:
+        """From a peer's `/status` JSON (kubemoe.peer.server.status_of)."""
+        return cls(
+            member=member,
+            ready=ready,
+            address=address,
+            utilization=body.get("utilization"),
+            arrival_rate=body.get("arrivalRate"),
+            service_time_seconds=body.get("serviceTimeSeconds"),
+            max_stable_rate=body.get("maxStableRate"),
+            neighbours=body.get("effectiveNeighbours"),
+        )
+
+
+# ------------------------------------------------------------------------------------ end of topology
+
+
+class ModelPrice(KubeModel):
+    """What one model's tokens cost, for the playground's estimate of a run's cost."""
+
+    input_usd_per_million_tokens: float = Field(
+        default=0, ge=0, le=10000, description="USD per million prompt tokens."
+    )
+    output_usd_per_million_tokens: float = Field(
+        default=0, ge=0, le=10000, description="USD per million completion tokens."
+    )
+
+
+class Playground(KubeModel):
+    """The router's playground: whether a client may run (and export) an edited copy of this pipeline.
+
+    An edited run may change layers, agents, prompts, sampling and the aggregator, but only over the models
+    this spec already calls (the router never calls a URL the spec does not name), within the bounds below.
+    Off by default: an edit fans one request out to up to `maxAgents` calls and shows every client key
+    holder the pipeline's prompts and model references.
+    """
+
+    allow_overrides: bool = Field(
+        default=False,
+        description="Let client key holders read this spec and run or export edited copies of it (playground).",
+    )
+    max_layers: int = Field(default=3, ge=1, le=8, description="Most proposer layers an edited run may have.")
+    max_agents: int = Field(
+        default=8, ge=1, le=64, description="Most proposers an edited run may have, all layers together."
+    )
+    max_tokens: int = Field(
+        default=2048, ge=1, le=131072, description="Largest maxTokens an edited agent or aggregator may ask."
+    )
+    prices: dict[str, ModelPrice] = Field(
+        default_factory=dict,
+        max_length=64,
+        description="Token prices by served model name (the name each call's trace shows), for the cost "
+        "estimate of every run: e.g. a provider's list price, or for a MoEModel the $/M tokens `kubemoe plan` "
+        "estimates. A model without a price counts as unpriced, never as free.",
+    )
+
+
 class MoAPipelineSpec(KubeModel):
     """Desired state of a Mixture-of-Agents pipeline."""
 
     layers: list[Layer] = Field(min_length=1, max_length=8, description="Proposer layers, in order.")
     aggregator: Aggregator = Field(description="The model that writes the final answer.")
     policy: Policy = Field(default_factory=Policy, description="Deadlines, quorum and error handling.")
+    auth: ClientAuth = Field(
+        default_factory=ClientAuth, description="Client API keys (on unless enabled: false)."
+    )
     replicas: int = Field(default=1, ge=0, le=100, description="Router replicas.")
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Router processes per pod, sharing its port (SO_REUSEPORT; one per core you give it): "
+        "the pod's concurrency and rate limits are split among them, /metrics sums them.",
+    )
     routing: Routing | None = Field(
         default=None, description="Gateway API route. Unset: in-cluster Service only."
     )
@@ -231,6 +549,12 @@ class MoAPipelineSpec(KubeModel):
     capacity: Capacity = Field(default_factory=Capacity, description="Capacity inputs.")
     resources: ResourceOverrides = Field(
         default_factory=ResourceOverrides, description="Router CPU and memory."
+    )
+    topology: Topology = Field(
+        default_factory=Topology, description="Central router (default) or decentralised peers."
+    )
+    playground: Playground = Field(
+        default_factory=Playground, description="Edited runs from the router's playground (off by default)."
     )
 
     cel_rules: ClassVar[list[dict[str, str]]] = [
@@ -243,6 +567,7 @@ class MoAPipelineSpec(KubeModel):
             ".size()).sum() == 1))",
             "message": "agent names must be unique across the pipeline",
         },
+        *_TOPOLOGY_SPEC_RULES,
     ]
 
     @model_validator(mode="after")
@@ -257,6 +582,7 @@ class MoAPipelineSpec(KubeModel):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"agent names must be unique across the pipeline: {', '.join(dupes)}")
+        self.topology.check_members(names)
         return self
 
 
@@ -304,11 +630,22 @@ class MoAPipelineStatus(StatusModel):
     endpoint: str | None = Field(
         default=None, description="In-cluster OpenAI-compatible base URL of the router."
     )
-    ready_replicas: int | None = Field(default=None, description="Router replicas ready to serve.")
+    gateway_endpoint: str | None = Field(
+        default=None,
+        description="OpenAI-compatible base URL through the Gateway, once it has accepted the HTTPRoute: the "
+        "listener's scheme and port, the route's first exact hostname (else the listener's, else the "
+        "Gateway's first address) and the route's path prefix.",
+    )
+    ready_replicas: int | None = Field(
+        default=None, description="Router replicas ready to serve (decentralised: peers ready)."
+    )
     agents: list[ResolvedAgent] = Field(
         default_factory=list, description="Agents with their resolved endpoints."
     )
     capacity: CapacityStatus | None = Field(default=None, description="Capacity figures.")
+    peers: list[PeerStatus] = Field(
+        default_factory=list, description="Decentralised topology: each peer's rho, lambda and alpha."
+    )
     layer_count: int | None = Field(default=None, description="Number of layers (printer column).")
     agent_count: int | None = Field(
         default=None, description="Number of agents, aggregator excluded (printer column)."
@@ -326,7 +663,3 @@ class MoAPipeline(BaseModel):
     metadata: ObjectMeta
     spec: MoAPipelineSpec
     status: MoAPipelineStatus | None = None
-
-    @classmethod
-    def from_obj(cls, obj: dict[str, Any]) -> MoAPipeline:
-        return cls.model_validate(obj)

@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from kubemoe.api import rules as r
 from kubemoe.api.common import (
-    DNS_LABEL,
     DNS_SUBDOMAIN,
     Condition,
     KubeModel,
+    NodeSelector,
     ResourceOverrides,
     Routing,
     SecretKeyRef,
     StatusModel,
     Toleration,
 )
+from kubemoe.api.rules import Checked, Rule
 
 EngineKind = Literal["vllm", "neuronx"]
 AcceleratorKind = Literal["gpu", "neuron"]
+#: How a model runs on Neuron: the vLLM Neuron plugin, NeuronX Distributed Inference, or not at all.
+NeuronPath = Literal["vllm-neuron", "nxdi", "none"]
 Dtype = Literal["bfloat16", "float16", "fp8", "mxfp4", "int8", "int4", "float32"]
 Quantization = Literal["fp8", "awq", "gptq", "mxfp4", "compressed-tensors", "bitsandbytes", "experts_int8"]
 
@@ -120,6 +124,7 @@ class Architecture(KubeModel):
             "message": "slidingWindowLayers needs slidingWindow and cannot exceed numLayers",
         },
     ]
+    rules: ClassVar[tuple[Rule, ...]] = (r.ACTIVE_WITHIN_TOTAL,)
 
     @model_validator(mode="after")
     def _check_shape(self) -> Architecture:
@@ -185,11 +190,16 @@ class Engine(KubeModel):
     image: str | None = Field(
         default=None, max_length=512, description="Container image. Defaults to the engine's pinned release."
     )
-    version: str | None = Field(
+    version: (
+        Annotated[
+            str,
+            Field(pattern=r"^[0-9]+\.[0-9]+(\.[0-9]+)?([.+-][A-Za-z0-9.]+)?$", max_length=64),
+            Checked(r.KNOWN_ENGINE),
+        ]
+        | None
+    ) = Field(
         default=None,
-        pattern=r"^[0-9]+\.[0-9]+(\.[0-9]+)?([.+-][A-Za-z0-9.]+)?$",
-        max_length=64,
-        description="Engine release, e.g. 0.33.0; selects the command-line dialect.",
+        description="Engine release, e.g. 0.33.0; selects the command-line dialect (0.10 and newer).",
     )
     extra_args: list[str] = Field(
         default_factory=list,
@@ -224,6 +234,70 @@ class Speculative(KubeModel):
         if self.method in ("draft_model", "eagle", "eagle3") and not self.model:
             raise ValueError("speculative methods draft_model, eagle and eagle3 need a draft `model`")
         return self
+
+
+# --- planner objective: the workload, the latency target and the load (issue 10) ---------------------------
+#: Defaults a chat product would accept: a 2,000-token prompt and a 500-token answer, the first token
+#: within 2 s at p95 and 20 tokens/s per user afterwards (50 ms per output token).
+DEFAULT_INPUT_TOKENS = 2000
+DEFAULT_OUTPUT_TOKENS = 500
+DEFAULT_TTFT_P95_SECONDS = 2.0
+DEFAULT_TPOT_MS = 50.0
+
+
+class Workload(KubeModel):
+    """The typical request the planner sizes throughput for."""
+
+    input_tokens: int = Field(
+        default=DEFAULT_INPUT_TOKENS, ge=1, le=16777216, description="Prompt tokens of a typical request."
+    )
+    output_tokens: int = Field(
+        default=DEFAULT_OUTPUT_TOKENS, ge=1, le=16777216, description="Generated tokens of a typical request."
+    )
+    prefix_cache_hit_ratio: float = Field(
+        default=0.0,
+        ge=0,
+        le=0.99,
+        description="Share of prompt tokens served from the prefix cache (not recomputed in prefill).",
+    )
+
+
+class Slo(KubeModel):
+    """The latency a plan must meet at its planned batch."""
+
+    time_to_first_token_p95_seconds: float = Field(
+        default=DEFAULT_TTFT_P95_SECONDS, gt=0, le=3600, description="Time to first token, p95, in seconds."
+    )
+    time_per_output_token_ms: float = Field(
+        default=DEFAULT_TPOT_MS, gt=0, le=60000, description="Time per output token after the first, in ms."
+    )
+
+
+class Target(KubeModel):
+    """The load to serve; with it the planner chooses the replica count (unless spec.replicas is set)."""
+
+    requests_per_second: float | None = Field(
+        default=None, gt=0, le=1000000, description="Sustained requests per second of the workload."
+    )
+    concurrent_users: int | None = Field(
+        default=None, ge=1, le=100000000, description="Requests in flight at once."
+    )
+
+    cel_rules: ClassVar[list[dict[str, str]]] = [
+        {
+            "rule": "has(self.requestsPerSecond) != has(self.concurrentUsers)",
+            "message": "target sets exactly one of requestsPerSecond and concurrentUsers",
+        }
+    ]
+
+    @model_validator(mode="after")
+    def _check_one(self) -> Target:
+        if (self.requests_per_second is None) == (self.concurrent_users is None):
+            raise ValueError("target sets exactly one of requestsPerSecond and concurrentUsers")
+        return self
+
+
+# --- end of the planner objective ----------------------------------------------------------------------------
 
 
 class Serving(KubeModel):
@@ -266,6 +340,15 @@ class Serving(KubeModel):
     )
     enable_chunked_prefill: bool = Field(default=True, description="Split long prefills into chunks.")
     speculative: Speculative | None = Field(default=None, description="Speculative decoding.")
+    # planner objective (issue 10)
+    workload: Workload = Field(
+        default_factory=Workload, description="The typical request (tokens in and out)."
+    )
+    slo: Slo = Field(default_factory=Slo, description="Latency target: TTFT p95 and time per output token.")
+    target: Target | None = Field(
+        default=None,
+        description="Load to serve. Set: the planner chooses replicas (unless spec.replicas is set).",
+    )
 
     cel_rules: ClassVar[list[dict[str, str]]] = [
         {
@@ -329,8 +412,9 @@ class Placement(KubeModel):
         default=None,
         description="Expert parallelism. Default: on for MoE models when tensorParallelSize x dataParallelSize > 1.",
     )
-    node_selector: dict[str, str] = Field(
+    node_selector: NodeSelector = Field(
         default_factory=dict,
+        max_length=64,
         description="Extra node labels the pods must match (the instance type is added).",
     )
     tolerations: list[Toleration] = Field(
@@ -430,7 +514,8 @@ class MoEModelSpec(KubeModel):
         default=None,
         ge=0,
         le=1000,
-        description="Model-server replicas. Unset: an external autoscaler (HPA, KEDA) owns the count.",
+        description="Model-server replicas. Unset: serving.target sizes the count when set (planner), "
+        "otherwise an external autoscaler (HPA, KEDA) owns it.",
     )
     routing: Routing | None = Field(
         default=None, description="Gateway API route. Unset: in-cluster Service only."
@@ -472,12 +557,22 @@ class MemoryBreakdown(StatusModel):
     headroom_gib: float = Field(description="Device memory outside gpuMemoryUtilization.")
 
 
+class PlanAlternativeSummary(StatusModel):
+    """A layout the planner did not choose, with its estimates and why it lost."""
+
+    layout: str = Field(description="e.g. DP 8 x EP 8 on p5en.48xlarge.")
+    feasible: bool = Field(description="Whether it fits and meets the SLO.")
+    tokens_per_second: float | None = Field(default=None, description="Output tokens/s per replica.")
+    cost_per_million_tokens: float | None = Field(default=None, description="$ per million output tokens.")
+    reason: str = Field(description="Why it lost.")
+
+
 class PlanSummary(StatusModel):
     """What the planner chose and why."""
 
     instance_type: str = Field(description="Chosen instance type.")
     accelerator: str = Field(description="Accelerator model, e.g. H100.")
-    engine: str = Field(description="vllm or neuronx.")
+    engine: EngineKind = Field(description="vllm or neuronx.")
     accelerators_per_replica: int = Field(description="Accelerator devices per replica (Neuron: chips).")
     nodes_per_replica: int = Field(description="Nodes per replica (>1 means a LeaderWorkerSet).")
     tensor_parallel_size: int = Field(description="Tensor-parallel size (NeuronCores on Neuron).")
@@ -490,6 +585,24 @@ class PlanSummary(StatusModel):
     cost_per_hour: float | None = Field(default=None, description="On-demand $/hour per replica, when known.")
     memory: MemoryBreakdown = Field(description="Per-device memory.")
     reason: str = Field(description="Why this plan was chosen.")
+    # planner estimates (issue 10)
+    layout: str | None = Field(default=None, description="The layout, e.g. DP 8 x EP 8 on p5en.48xlarge.")
+    batch_size: int | None = Field(
+        default=None, description="Sequences decoded at once per replica at the SLO."
+    )
+    tokens_per_second: float | None = Field(
+        default=None, description="Output tokens/s per replica at the SLO."
+    )
+    requests_per_second: float | None = Field(
+        default=None, description="Requests/s one replica serves at the SLO (the workload's size)."
+    )
+    cost_per_million_tokens: float | None = Field(default=None, description="$ per million output tokens.")
+    time_to_first_token_seconds: float | None = Field(default=None, description="Estimated TTFT (p95).")
+    time_per_output_token_ms: float | None = Field(default=None, description="Estimated TPOT at the batch.")
+    replicas: int | None = Field(default=None, description="Replicas the target needs (when one is set).")
+    alternatives: list[PlanAlternativeSummary] = Field(
+        default_factory=list, description="The top alternatives and why each lost."
+    )
 
 
 class MoEModelStatus(StatusModel):
@@ -503,6 +616,12 @@ class MoEModelStatus(StatusModel):
     )
     plan: PlanSummary | None = Field(default=None, description="The chosen plan.")
     endpoint: str | None = Field(default=None, description="In-cluster OpenAI-compatible base URL.")
+    gateway_endpoint: str | None = Field(
+        default=None,
+        description="OpenAI-compatible base URL through the Gateway, once it has accepted the HTTPRoute: the "
+        "listener's scheme and port, the route's first exact hostname (else the listener's, else the "
+        "Gateway's first address) and the route's path prefix.",
+    )
     replicas: int | None = Field(default=None, description="Replicas that exist.")
     ready_replicas: int | None = Field(default=None, description="Replicas ready to serve.")
     selector: str | None = Field(
@@ -515,12 +634,20 @@ class ObjectMeta(BaseModel):
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
-    name: str = Field(pattern=DNS_LABEL, max_length=63)
+    name: str
     namespace: str = "default"
     uid: str | None = None
     generation: int | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, name: str) -> str:
+        # The CRDs' root rule (crd.NAME_RULE) in Python, so `kubemoe render` refuses what `kubectl apply` does.
+        if not r.CR_NAME_RULE.holds(name):
+            raise ValueError(r.CR_NAME_RULE.message)
+        return name
 
 
 class MoEModel(BaseModel):
@@ -534,7 +661,3 @@ class MoEModel(BaseModel):
     metadata: ObjectMeta
     spec: MoEModelSpec
     status: MoEModelStatus | None = None
-
-    @classmethod
-    def from_obj(cls, obj: dict[str, Any]) -> MoEModel:
-        return cls.model_validate(obj)
