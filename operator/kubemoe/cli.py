@@ -1,4 +1,4 @@
-"""`kubemoe`: plan and render offline, print the catalogs and CRDs (the operator and router come later).
+"""`kubemoe`: plan and render offline, print the catalogs and CRDs, run the operator or the MoA router.
 
 Bad input ends with one `error:` message naming the field and what to do, and exit status 1 (2 for bad
 usage); never a traceback.
@@ -22,9 +22,9 @@ from kubemoe.catalog.loader import Catalog, CatalogError, load_catalog
 from kubemoe.documents import CustomResource, DocumentError, format_validation_error, load_documents
 from kubemoe.planner import Plan, PlanningError, plan_placement
 from kubemoe.planner.pipeline import PipelinePlan, plan_pipeline
-from kubemoe.render import EngineDialectError, model_endpoint
+from kubemoe.render import EngineDialectError
 from kubemoe.render.all import render_documents
-from kubemoe.render.engine import served_model_name
+from kubemoe.render.refs import model_ref_state, referenced_model_names, resolve_refs
 
 
 class CliError(Exception):
@@ -52,8 +52,6 @@ def _dump(objects: Any, fmt: str, out: TextIO) -> None:
 
 
 def _spec_from_args(args: argparse.Namespace) -> list[tuple[str, MoEModelSpec]]:
-    if args.file:
-        return [(m.metadata.name, m.spec) for m in _file_documents(args) if isinstance(m, MoEModel)]
     if not args.model:
         raise CliError("give a MODEL (e.g. mistralai/Mixtral-8x7B-Instruct-v0.1) or -f FILE")
     raw: dict[str, Any] = {
@@ -87,17 +85,33 @@ def _spec_from_args(args: argparse.Namespace) -> list[tuple[str, MoEModelSpec]]:
         raise CliError(format_validation_error(exc, "arguments")) from exc
 
 
+# --- `kubemoe plan` output (planner, issue 10): estimates per plan and per alternative -------------------
+
+
+def _money(value: float | None, unit: str) -> str:
+    return f"${value:.3f}{unit}" if value is not None else "-"
+
+
 def _plan_table(name: str, plan: Plan) -> str:
     m = plan.memory
     price = f"${plan.cost_per_hour:.2f}/h" if plan.cost_per_hour is not None else "no on-demand price"
     lines = [
         f"{name}: {plan.model_id}",
+        f"  layout        {plan.layout}",
         f"  instance      {plan.instance_type} ({plan.accelerator_model}), {plan.nodes} node(s) x "
         f"{plan.devices_per_node} device(s), {price} per replica",
         f"  engine        {plan.engine}; TP {plan.tensor_parallel_size}, PP {plan.pipeline_parallel_size}, "
-        f"DP {plan.data_parallel_size}, EP {plan.expert_parallel_size or 'off'}",
+        f"DP {plan.data_parallel_size}, EP {plan.expert_parallel_size or 'off'}"
+        + (", EPLB" if plan.enable_eplb else ""),
         f"  serving       maxModelLen {plan.max_model_len}, maxNumSeqs {plan.max_num_seqs}, "
         f"maxNumBatchedTokens {plan.max_num_batched_tokens}, KV {plan.kv_cache_dtype}",
+        f"  throughput    {plan.tokens_per_second:.0f} output tok/s per replica at {plan.batch_size} concurrent "
+        f"requests ({plan.requests_per_second:.2f} req/s); {_money(plan.cost_per_million_tokens, '/M tokens')}",
+        f"  latency       TTFT p95 {plan.time_to_first_token_seconds:.2f} s, TPOT {plan.time_per_output_token_ms:.1f} ms",
+    ]
+    if plan.target_replicas is not None:
+        lines.append(f"  replicas      {plan.target_replicas} for the target")
+    lines += [
         f"  capacity      {plan.concurrent_sequences} concurrent full-length sequences; weights "
         f"{plan.weights_total_gb:.1f} GB in all",
         "  memory per rank (GiB):",
@@ -115,15 +129,22 @@ def _plan_table(name: str, plan: Plan) -> str:
             f"minimum ({(r.ratio - 1) * 100:+.0f} %; {r.source})"
         )
     if plan.alternatives:
-        lines.append("  alternatives:")
+        lines.append("  alternatives:  layout | tok/s/replica | $/M tokens | TTFT | TPOT | why it lost")
         for a in plan.alternatives[:12]:
-            cost = f"${a.cost_per_hour:.2f}/h" if a.cost_per_hour is not None else "-"
             mark = "ok " if a.feasible else "no "
+            tps = f"{a.tokens_per_second:.0f}" if a.tokens_per_second is not None else "-"
+            ttft = (
+                f"{a.time_to_first_token_seconds:.2f}s" if a.time_to_first_token_seconds is not None else "-"
+            )
+            tpot = f"{a.time_per_output_token_ms:.0f}ms" if a.time_per_output_token_ms is not None else "-"
             lines.append(
-                f"    {mark}{a.instance_type:<17} TP {a.tensor_parallel_size:<3} PP {a.pipeline_parallel_size:<2} "
-                f"{cost:>10}  {a.reason}"
+                f"    {mark}{a.layout:<44} {tps:>7} {_money(a.cost_per_million_tokens, ''):>9} {ttft:>6} "
+                f"{tpot:>6}  {a.reason}"
             )
     return "\n".join(lines)
+
+
+# --- end of the `kubemoe plan` output --------------------------------------------------------------------
 
 
 def _file_documents(args: argparse.Namespace) -> list[CustomResource]:
@@ -131,26 +152,36 @@ def _file_documents(args: argparse.Namespace) -> list[CustomResource]:
     return load_documents(text, origin)
 
 
-def _pipeline_plans(docs: list[CustomResource]) -> list[tuple[str, PipelinePlan]]:
+def _plan_or_none(spec: MoEModelSpec, catalog: Catalog) -> Plan | None:
+    try:
+        return plan_placement(spec, catalog)
+    except PlanningError:
+        return None
+
+
+def _pipeline_plans(docs: list[CustomResource], catalog: Catalog) -> list[tuple[str, PipelinePlan]]:
     models = {(m.metadata.namespace, m.metadata.name): m for m in docs if isinstance(m, MoEModel)}
     out = []
     for doc in docs:
         if not isinstance(doc, MoAPipeline):
             continue
         ns = doc.metadata.namespace
-        refs = [a for layer in doc.spec.layers for a in layer.agents] + [doc.spec.aggregator]
-        endpoints: dict[str, tuple[str, str]] = {}
-        replicas: dict[str, int] = {}
-        for ref in refs:
-            if ref.moe_model_ref is not None:
-                name = ref.moe_model_ref.name
-                model = models.get((ns, name))
-                served = served_model_name(model.spec, name) if model else name
-                endpoints[ref.model_key] = (model_endpoint(name, ns), served)
-                replicas[ref.model_key] = (model.spec.replicas or 1) if model else 1
-            elif ref.endpoint is not None:
-                endpoints[ref.model_key] = (ref.endpoint.url, ref.endpoint.model)
-        out.append((doc.metadata.name, plan_pipeline(doc, endpoints=endpoints, ready={}, replicas=replicas)))
+        states = {}
+        for n in referenced_model_names(doc):
+            model = models.get((ns, n))
+            # The operator reads these from each model's status.plan; here the file's models are planned.
+            placed = _plan_or_none(model.spec, catalog) if model else None
+            states[n] = model_ref_state(
+                n,
+                model,
+                planned_replicas=placed.target_replicas if placed else None,
+                planned_rate=placed.requests_per_second if placed else None,
+            )
+        refs = resolve_refs(doc, states)  # the operator's resolution; no cluster, so nothing is "ready"
+        pipeline_plan = plan_pipeline(
+            doc, endpoints=refs.endpoints, ready={}, replicas=refs.replicas, planned_rates=refs.rates
+        )
+        out.append((doc.metadata.name, pipeline_plan))
     return out
 
 
@@ -175,15 +206,20 @@ def _pipeline_table(name: str, plan: PipelinePlan) -> str:
 
 
 def cmd_plan(args: argparse.Namespace, catalog: Catalog) -> int:
-    results = [(name, plan_placement(spec, catalog)) for name, spec in _spec_from_args(args)]
-    pipelines = _pipeline_plans(_file_documents(args)) if args.file else []
+    if args.file:  # read once: `-` is stdin, which cannot be read twice
+        docs = _file_documents(args)
+        specs = [(m.metadata.name, m.spec) for m in docs if isinstance(m, MoEModel)]
+        pipelines = _pipeline_plans(docs, catalog)
+    else:
+        specs, pipelines = _spec_from_args(args), []
+    results = [(name, plan_placement(spec, catalog)) for name, spec in specs]
     if not results and not pipelines:
         raise CliError(f"{args.file}: no MoEModel or MoAPipeline documents to plan")
     if args.output == "table":
         tables = [_plan_table(n, p) for n, p in results] + [_pipeline_table(n, p) for n, p in pipelines]
         print("\n\n".join(tables))
     else:
-        payload: list[Any] = [p.model_dump(mode="json") for _, p in results]
+        payload: list[Any] = [p.model_dump(mode="json", by_alias=True) for _, p in results]
         payload += [
             {
                 "pipeline": n,
@@ -249,25 +285,22 @@ def cmd_catalog(args: argparse.Namespace, catalog: Catalog) -> int:
 
 
 def cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
-    import dataclasses
-
     from kubemoe.controller.config import OperatorConfig
     from kubemoe.controller.logs import configure_logging
     from kubemoe.controller.runtime import run_operator  # kopf and kubernetes only when running
 
     configure_logging(verbose=args.verbose, fmt=args.log_format)
-    cfg = OperatorConfig(
+    cfg = OperatorConfig.from_env(  # flags win over the environment (controller.config.ENV)
         namespaces=args.namespace,
         standalone=args.standalone,
-        peering_name=args.peering,
+        lease_name=args.lease_name,
+        lease_namespace=args.lease_namespace,
+        lease_seconds=args.lease_seconds,
         resync_seconds=args.resync_seconds,
         health_port=args.health_port,
         catalog_paths=list(args.catalog),
+        router_image=args.router_image,
     )
-    if args.priority is not None:
-        cfg = dataclasses.replace(cfg, priority=args.priority)
-    if args.router_image:
-        cfg = dataclasses.replace(cfg, router_image=args.router_image)
     run_operator(cfg)
     return 0
 
@@ -295,7 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="PATH",
-        help="catalog override file or directory (same format as the shipped tables); repeatable",
+        help="catalog override file or directory (same format as the shipped tables); repeatable, applied "
+        "after those in $KUBEMOE_CATALOG_PATH",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -333,10 +367,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "-n", "--namespace", action="append", default=[], help="watch only this namespace; repeatable"
     )
-    run.add_argument("--standalone", action="store_true", help="no peering: for one replica or development")
-    run.add_argument("--peering", default="kubemoe", help="kopf peering object for leader election")
-    run.add_argument("--priority", type=int, help="peering priority (default: random per process)")
-    run.add_argument("--resync-seconds", type=float, default=60.0, help="reconcile everything this often")
+    run.add_argument(
+        "--standalone", action="store_true", help="no leader election: for one replica or development"
+    )
+    run.add_argument("--lease-name", help="coordination.k8s.io Lease for leader election (default kubemoe)")
+    run.add_argument("--lease-namespace", help="namespace of the Lease (default: the pod's)")
+    run.add_argument(
+        "--lease-seconds",
+        type=float,
+        help="leader Lease duration; the renew deadline is 2/3 of it (env KUBEMOE_LEASE_DURATION_SECONDS)",
+    )
+    run.add_argument(
+        "--resync-seconds",
+        type=float,
+        help="reconcile everything this often (env KUBEMOE_RESYNC_SECONDS, 60)",
+    )
     run.add_argument("--health-port", type=int, default=8080, help="/healthz, /readyz and /metrics")
     run.add_argument("--router-image", help="image of the MoA router pods")
     run.add_argument(
@@ -347,6 +392,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Listed for --help; main() hands `kubemoe router ...` to the router's own parser.
     sub.add_parser("router", help="serve a MoA pipeline as one OpenAI-compatible endpoint (--config FILE)")
+
+    # --- decentralised MoA peer (issue 12): listed for --help; main() hands `kubemoe peer ...` to its parser.
+    sub.add_parser("peer", help="serve one decentralised MoA peer fronting one model (--config FILE)")
+
+    # --- evaluation harness (issue 12): listed for --help; main() hands `kubemoe eval ...` to its parser.
+    sub.add_parser("eval", help="grade a MoA pipeline against each of its models alone on a JSONL dataset")
 
     crds = sub.add_parser("crds", help="print (or write) the CustomResourceDefinitions")
     crds.add_argument("--output-dir", help="write one file per CRD into this directory")
@@ -360,6 +411,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from kubemoe.router.__main__ import main as router_main
 
         return router_main(argv[1:])
+    if argv[:1] == ["peer"]:  # decentralised MoA peer: its own flags, aiohttp imported only then
+        from kubemoe.peer.__main__ import main as peer_main
+
+        return peer_main(argv[1:])
+    if argv[:1] == ["eval"]:  # evaluation harness: its own flags, aiohttp imported only then
+        from kubemoe.evaluate.cli import main as eval_main
+
+        return eval_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -371,6 +372,9 @@ instances:
   priceSource: "our negotiated rate"
   resourceName: nvidia.com/gpu
   fp8: true
+  bf16Tflops: 989
+  fp8Tflops: 1979
+  performanceSource: test override
   source: test override
 - name: x9.test
   acceleratorKind: gpu
@@ -385,6 +389,8 @@ instances:
   hostMemoryGib: 256
   priceSource: unlisted
   resourceName: nvidia.com/gpu
+  bf16Tflops: 500
+  performanceSource: test override
   source: test override
 models:
 - id: acme/Tiny-MoE
@@ -507,3 +513,96 @@ def test_missing_override_path(tmp_path: Path) -> None:
 
 def _snake(name: str) -> str:
     return "".join(f"_{c.lower()}" if c.isupper() else c for c in name)
+
+
+def test_catalog_path_variable_applies_before_explicit_overrides(tmp_path: Path) -> None:
+    # The operator (`kubemoe run`, controller.runtime) and the CLI both call load_catalog, which reads it.
+    first = tmp_path / "env.yaml"
+    first.write_text(OVERRIDE)
+    second = tmp_path / "flag.yaml"
+    second.write_text(OVERRIDE.replace("pricePerHour: 12.5", "pricePerHour: 7.5"))
+    env = {"KUBEMOE_CATALOG_PATH": f"{first}{os.pathsep}"}
+    _check_override(load_catalog(environ=env))
+    p5 = load_catalog([second], environ=env).find_instance("p5.48xlarge")
+    assert p5 is not None
+    assert p5.price_per_hour == 7.5
+    assert load_catalog(environ={}).find_instance("x9.test") is None
+
+
+# ------------------------------------------------------------------ performance figures and capabilities
+
+#: (instance, HBM GB/s, dense BF16 TFLOPS, dense FP8 TFLOPS or None) per device, from the datasheets.
+PERFORMANCE = [
+    ("p4d.24xlarge", 1555, 312, None),
+    ("p4de.24xlarge", 2039, 312, None),
+    ("p5.48xlarge", 3350, 989, 1979),
+    ("p5en.48xlarge", 4800, 989, 1979),
+    ("p6-b200.48xlarge", 8000, 2250, 4500),
+    ("g6e.48xlarge", 864, 362, 733),
+    ("trn2.48xlarge", 2900, 667, 1299),
+    ("inf2.48xlarge", 820, 190, None),
+]
+
+
+@pytest.mark.parametrize(("name", "hbm", "bf16", "fp8"), PERFORMANCE)
+def test_instance_performance_figures(
+    catalog: Catalog, name: str, hbm: float, bf16: float, fp8: float | None
+) -> None:
+    entry = catalog.find_instance(name)
+    assert entry is not None
+    assert (entry.memory_bandwidth_gbps, entry.bf16_tflops, entry.fp8_tflops) == (hbm, bf16, fp8)
+
+
+def test_every_instance_has_sourced_performance_figures(catalog: Catalog) -> None:
+    for i in _instances(catalog):
+        assert len(i.performance_source) > 40, i.name
+        assert i.interconnect_gbps is not None, i.name
+        assert i.interconnect_gbps > 0, i.name
+        assert (i.fp8_tflops is not None) is i.fp8, i.name
+
+
+def test_every_accelerator_has_a_sourced_capability_entry(catalog: Catalog) -> None:
+    for i in _instances(catalog):
+        cap = catalog.capability(i)
+        assert cap is not None, i.accelerator_model
+        assert cap.fp8_compute is i.fp8, i.name
+        assert len(cap.source) > 20
+        assert (i.accelerator_kind == "neuron") == bool(cap.neuron_families), i.name
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "fp8_checkpoint", "mxfp4"),
+    [
+        ("A100-80GB", "upcast", "weight-only"),
+        ("A10G", "upcast", "weight-only"),
+        ("H100-80GB", "native", "weight-only"),
+        ("L40S", "native", "weight-only"),
+        ("B200", "native", "native"),
+        ("Trainium2", "native", "weight-only"),
+        ("Inferentia2", "upcast", "none"),
+    ],
+)
+def test_accelerator_capabilities(
+    catalog: Catalog, accelerator: str, fp8_checkpoint: str, mxfp4: str
+) -> None:
+    cap = catalog.accelerators[accelerator]
+    assert (cap.fp8_checkpoint, cap.mxfp4) == (fp8_checkpoint, mxfp4)
+
+
+def test_neuron_families_cover_every_catalog_model_that_claims_neuron(catalog: Catalog) -> None:
+    """A model whose entry says vllm-neuron or nxdi is implemented by that path on at least one chip."""
+    neuron = [a for a in catalog.accelerators.values() if a.neuron_families]
+    for m in _models(catalog):
+        if m.neuron == "none":
+            continue
+        assert any(m.family in a.neuron_families.get(m.neuron, []) for a in neuron), m.id
+
+
+def test_a_capability_entry_that_contradicts_itself_is_rejected(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "accelerators:\n- model: X1\n  fp8Compute: false\n  fp8Checkpoint: native\n  mxfp4: none\n"
+        "  kvDtypes: [auto]\n  source: test\n"
+    )
+    with pytest.raises(CatalogError, match="fp8Checkpoint native"):
+        load_catalog([bad])

@@ -6,6 +6,7 @@ The CLI runs as a real subprocess (the installed console script), as a user woul
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -14,14 +15,26 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cases.catalog_override import EXTRA_INSTANCE
+from cases.samples import decentralised_pipeline
+
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = sorted((ROOT / "manifests" / "samples").glob("*.yaml"))
 KUBEMOE = shutil.which("kubemoe", path=str(Path(sys.executable).parent)) or "kubemoe"
 
 
-def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, stdin: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if k != "KUBEMOE_CATALOG_PATH"}
     return subprocess.run(
-        [KUBEMOE, *args], input=stdin, capture_output=True, text=True, timeout=60, check=False
+        [KUBEMOE, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**environ, **(env or {})},
     )
 
 
@@ -63,7 +76,11 @@ def test_plan_as_json_is_machine_readable() -> None:
         "plan", "mistralai/Mixtral-8x7B-Instruct-v0.1", "--instance-type", "p4d.24xlarge", "-o", "json"
     )
     plan = json.loads(proc.stdout)
-    assert (plan["instance_type"], plan["tensor_parallel_size"]) == ("p4d.24xlarge", 4)
+    assert (plan["instanceType"], plan["tensorParallelSize"], plan["dataParallelSize"]) == (
+        "p4d.24xlarge",
+        1,
+        8,
+    )
 
 
 def test_plan_of_a_pipeline_shows_agents_and_capacity() -> None:
@@ -82,7 +99,7 @@ def test_the_guides_tp2_mixtral_on_p4d_is_refused_with_the_plan_that_fits() -> N
         "--tensor-parallel-size",
         "2",
     )
-    assert_clean_failure(proc, "InsufficientMemory", "46.7 GB", "A100-40GB", "TP 4 on p4d.24xlarge")
+    assert_clean_failure(proc, "InsufficientMemory", "46.7 GB", "A100-40GB", "DP 8 + EP 8 on p4d.24xlarge")
 
 
 def test_catalog_and_crds_print() -> None:
@@ -189,6 +206,10 @@ def test_catalog_override_adds_an_instance_the_planner_then_uses(tmp_path: Path)
                         "pricePerHour": 1.0,
                         "priceSource": "test",
                         "resourceName": "nvidia.com/gpu",
+                        "fp8": True,
+                        "bf16Tflops": 989,
+                        "fp8Tflops": 1979,
+                        "performanceSource": "test",
                         "source": "test",
                     }
                 ]
@@ -197,8 +218,76 @@ def test_catalog_override_adds_an_instance_the_planner_then_uses(tmp_path: Path)
     )
     proc = run("--catalog", str(override), "plan", "deepseek-ai/DeepSeek-V3", "-o", "json")
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["instance_type"] == "x9.cheap"
+    assert json.loads(proc.stdout)["instanceType"] == "x9.cheap"
 
 
 def test_plan_without_a_model_or_file_says_what_to_give() -> None:
     assert_clean_failure(run("plan"), "give a MODEL")
+
+
+# ------------------------------------------------------------------ documented features (issue 14)
+
+
+def test_catalog_path_variable_reaches_every_command(tmp_path: Path) -> None:
+    extra = tmp_path / "extra.yaml"
+    extra.write_text(EXTRA_INSTANCE)
+    env = {"KUBEMOE_CATALOG_PATH": str(extra)}
+    assert "x9.envtest" not in run("catalog", "instances").stdout
+    listed = run("catalog", "instances", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert "x9.envtest" in listed.stdout
+    plan = run("plan", "mistralai/Mixtral-8x7B-Instruct-v0.1", "--instance-type", "x9.envtest", env=env)
+    assert plan.returncode == 0, plan.stderr
+    assert "x9.envtest" in plan.stdout
+    # --catalog applies after the variable, so the same entry from the flag wins.
+    flag = tmp_path / "flag.yaml"
+    flag.write_text(EXTRA_INSTANCE.replace("pricePerHour: 1.0", "pricePerHour: 2.0"))
+    both = run("--catalog", str(flag), "catalog", "instances", "-o", "json", env=env)
+    prices = {i["name"]: i.get("pricePerHour") for i in json.loads(both.stdout)["instances"]}
+    assert prices["x9.envtest"] == 2.0
+
+
+def test_catalog_path_variable_names_a_missing_file() -> None:
+    proc = run("catalog", "instances", env={"KUBEMOE_CATALOG_PATH": "/nonexistent/catalog.yaml"})
+    assert_clean_failure(proc, "/nonexistent/catalog.yaml: no such catalog file or directory")
+
+
+def test_plan_reads_stdin_once() -> None:
+    # A model and a pipeline in one stream: both planned from the one read of stdin.
+    samples = ROOT / "manifests" / "samples"
+    text = (
+        (samples / "mixtral-8x7b-p4de.yaml").read_text()
+        + "\n---\n"
+        + (samples / "moa-pipeline.yaml").read_text()
+    )
+    proc = run("plan", "-f", "-", stdin=text)
+    assert proc.returncode == 0, proc.stderr
+    assert "moa-chat: Mixture-of-Agents pipeline" in proc.stdout
+    assert "mixtral-8x7b: mistralai/Mixtral-8x7B-Instruct-v0.1" in proc.stdout
+
+
+def test_help_describes_what_exists() -> None:
+    proc = run("--help")
+    assert proc.returncode == 0
+    words = " ".join(proc.stdout.split())
+    assert "come later" not in words
+    assert "run the operator or the MoA router" in words
+
+
+def test_render_of_a_decentralised_pipeline_shows_its_peers_not_a_router() -> None:
+    """`kubemoe render` shows exactly what the operator applies: for `topology.mode: decentralised`, one peer
+    Deployment per member, the headless peers Service and the client Service, and no router."""
+    doc = decentralised_pipeline()
+    proc = run("render", "-f", "-", stdin=yaml.safe_dump(doc))
+    assert proc.returncode == 0, proc.stderr
+    objects = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    name = doc["metadata"]["name"]
+    members = [a["name"] for layer in doc["spec"]["layers"] for a in layer["agents"]]
+    deployments = sorted(o["metadata"]["name"] for o in objects if o["kind"] == "Deployment")
+    assert deployments == sorted(f"{name}-peer-{m}" for m in members)
+    for d in (o for o in objects if o["kind"] == "Deployment"):
+        assert d["spec"]["template"]["spec"]["containers"][0]["command"][:2] == ["kubemoe", "peer"]
+    services = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Service"}
+    assert f"{name}-router" in services  # the one Service clients use, spread over every peer
+    assert f"{name}-peers" in services
+    assert services[f"{name}-peers"]["spec"]["clusterIP"] == "None"

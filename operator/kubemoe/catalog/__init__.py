@@ -1,6 +1,6 @@
 """Model and instance tables (YAML data) and their loader."""
 
-from kubemoe.catalog.loader import Catalog, CatalogError, default_catalog, load_catalog
+from kubemoe.catalog.loader import Catalog, CatalogError, catalog_paths, load_catalog
 from kubemoe.catalog.schema import InstanceEntry, ModelEntry, Recipe
 
 __all__ = [
@@ -9,6 +9,6 @@ __all__ = [
     "InstanceEntry",
     "ModelEntry",
     "Recipe",
-    "default_catalog",
+    "catalog_paths",
     "load_catalog",
 ]

@@ -1,7 +1,8 @@
 """The memory model: bytes of weights, KV cache and activations held by one rank (a GPU or a NeuronCore).
 
 All functions are pure arithmetic on the architecture and the parallel layout, so each figure in
-`kubemoe plan` can be recomputed by hand. Formulas follow vLLM 0.33 (tech-facts §7.1):
+`kubemoe plan` can be recomputed by hand. Formulas follow vLLM 0.33 (`vllm/v1/kv_cache_interface.py` and
+`vllm/v1/worker/gpu_worker.py` in its PyPI wheel):
 
 * weights: parameters x bytes per parameter. Expert weights split over the expert-parallel group (or over
   TP without EP); the rest over TP. PP splits both by stages.

@@ -37,6 +37,7 @@ def plan_pipeline(
     endpoints: Mapping[str, tuple[str, str]],
     ready: Mapping[str, bool],
     replicas: Mapping[str, int],
+    planned_rates: Mapping[str, float] | None = None,
 ) -> PipelinePlan:
     """`endpoints`/`ready`/`replicas` are keyed by model key (`moe:<name>` or `endpoint:<url>#<model>`):
     the URL and served name each resolves to, whether it is ready, and how many replicas serve it."""
@@ -57,13 +58,12 @@ def plan_pipeline(
     slots = count_slots(layers, aggregator)
     rates: dict[str, tuple[int, float]] = {}
     for rate in spec.capacity.service_rates:
-        if rate.moe_model_ref is not None:
-            key = f"moe:{rate.moe_model_ref.name}"
-        else:
-            assert rate.endpoint is not None
-            key = f"endpoint:{rate.endpoint.url}#{rate.endpoint.model}"
+        key = rate.model_key
         mu = rate.requests_per_second or 1.0 / (rate.service_time_seconds or 1.0)
         rates[key] = (rate.replicas or replicas.get(key, 1), mu)
+    for key, mu in (planned_rates or {}).items():
+        if key in slots and key not in rates and mu > 0:
+            rates[key] = (replicas.get(key, 1), mu)
 
     loads = [
         ModelLoad(

@@ -5,8 +5,19 @@ from __future__ import annotations
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
 
-from kubemoe.api.moemodel import MemoryBreakdown, PlanSummary
+from kubemoe.api.moemodel import (
+    AcceleratorKind,
+    EngineKind,
+    MemoryBreakdown,
+    NeuronPath,
+    PlanAlternativeSummary,
+    PlanSummary,
+)
+
+#: Plans print (`kubemoe plan -o json/yaml`) with the CR status's camelCase names; Python keeps snake_case.
+_PLAN_CONFIG = ConfigDict(frozen=True, alias_generator=to_camel, populate_by_name=True)
 
 
 class PlanReason(StrEnum):
@@ -18,12 +29,13 @@ class PlanReason(StrEnum):
     INSUFFICIENT_MEMORY = "InsufficientMemory"
     INVALID_PARALLELISM = "InvalidParallelism"
     INVALID_SERVING = "InvalidServing"
+    SLO_UNREACHABLE = "SLOUnreachable"
 
 
 class Alternative(BaseModel):
-    """A layout the planner looked at and did not choose, with why."""
+    """A layout the planner looked at and did not choose, with its estimates and why it lost."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = _PLAN_CONFIG
 
     instance_type: str
     tensor_parallel_size: int
@@ -34,12 +46,27 @@ class Alternative(BaseModel):
     accelerators: int
     concurrent_sequences: int = 0
     reason: str
+    layout: str = ""
+    nodes: int = 1
+    tokens_per_second: float | None = None
+    cost_per_million_tokens: float | None = None
+    time_to_first_token_seconds: float | None = None
+    time_per_output_token_ms: float | None = None
+
+    def summary(self) -> PlanAlternativeSummary:
+        return PlanAlternativeSummary(
+            layout=self.layout,
+            feasible=self.feasible,
+            tokens_per_second=self.tokens_per_second,
+            cost_per_million_tokens=self.cost_per_million_tokens,
+            reason=self.reason,
+        )
 
 
 class RecipeComparison(BaseModel):
     """The planner's footprint next to a published vLLM recipe's minimum memory."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = _PLAN_CONFIG
 
     recipe_gb: float
     planned_gb: float
@@ -50,13 +77,13 @@ class RecipeComparison(BaseModel):
 class Plan(BaseModel):
     """A feasible placement of one model replica."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = _PLAN_CONFIG
 
     model_id: str
     instance_type: str
-    accelerator_kind: str
+    accelerator_kind: AcceleratorKind
     accelerator_model: str
-    engine: str
+    engine: EngineKind
     resource_name: str
     core_resource_name: str | None = None
     nodes: int
@@ -86,11 +113,27 @@ class Plan(BaseModel):
         description="Accelerator memory the replica needs at these settings, all ranks."
     )
     trust_remote_code: bool = False
-    neuron_path: str = Field(default="none", description="vllm-neuron or nxdi on Neuron plans; none on GPUs.")
+    neuron_path: NeuronPath = Field(
+        default="none", description="vllm-neuron or nxdi on Neuron plans; none on GPUs."
+    )
     reason: str
     notes: list[str] = Field(default_factory=list)
     alternatives: list[Alternative] = Field(default_factory=list)
     recipe: RecipeComparison | None = None
+    # The performance model's estimates (planner.performance) at the workload and SLO of the spec.
+    layout: str = Field(default="", description="e.g. DP 8 + EP 8 on p5en.48xlarge.")
+    data_parallel_size_local: int = Field(default=1, description="DP ranks per node (multi-node DP).")
+    enable_eplb: bool = Field(default=False, description="Render --enable-eplb (wide EP across nodes).")
+    batch_size: int = Field(default=0, description="Concurrent sequences per replica within the SLO.")
+    kv_limit_sequences: int = Field(default=0, description="Workload-length sequences the KV cache holds.")
+    tokens_per_second: float = Field(default=0.0, description="Output tokens/s per replica at batch_size.")
+    requests_per_second: float = Field(default=0.0, description="Requests/s per replica (its capacity).")
+    cost_per_million_tokens: float | None = Field(default=None, description="$ per million output tokens.")
+    time_to_first_token_seconds: float = Field(default=0.0, description="Estimated TTFT, p95.")
+    time_per_output_token_ms: float = Field(default=0.0, description="Estimated TPOT at batch_size.")
+    target_replicas: int | None = Field(
+        default=None, description="Replicas serving.target needs; None without a target."
+    )
 
     @property
     def accelerators(self) -> int:
@@ -118,4 +161,13 @@ class Plan(BaseModel):
             cost_per_hour=self.cost_per_hour,
             memory=self.memory,
             reason=self.reason,
+            layout=self.layout or None,
+            batch_size=self.batch_size,
+            tokens_per_second=self.tokens_per_second,
+            requests_per_second=self.requests_per_second,
+            cost_per_million_tokens=self.cost_per_million_tokens,
+            time_to_first_token_seconds=self.time_to_first_token_seconds,
+            time_per_output_token_ms=self.time_per_output_token_ms,
+            replicas=self.target_replicas,
+            alternatives=[a.summary() for a in self.alternatives[:3]],
         )
