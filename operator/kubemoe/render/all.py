@@ -1,7 +1,8 @@
 """Render a set of CR documents the way the operator would: plan each MoEModel, then render everything.
 
 MoAPipelines resolve `moeModelRef`s against the MoEModels of the same set (their served names); a
-reference to a MoEModel outside the set is rendered with the Service URL and name it would have.
+reference to a MoEModel outside the set is rendered with the Service URL and name it would have. A
+decentralised pipeline renders its peers (`render.peers`), a central one its router.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from kubemoe.catalog.loader import Catalog
 from kubemoe.planner import PlanningError, plan_placement
 from kubemoe.planner.settings import PlannerSettings
 from kubemoe.render.engine import served_model_name
-from kubemoe.render.moapipeline import RouterRenderContext, render_moapipeline
+from kubemoe.render.moapipeline import DEFAULT_ROUTER_IMAGE, RouterRenderContext, render_moapipeline
 from kubemoe.render.moemodel import render_moemodel
+from kubemoe.render.peers import PeerRenderContext, render_peers
 
 
 def render_documents(
@@ -41,8 +43,11 @@ def render_documents(
                 for m in docs
                 if isinstance(m, MoEModel) and m.metadata.namespace == doc.metadata.namespace
             }
-            ctx = RouterRenderContext(served_names=served)
-            if router_image:
-                ctx = RouterRenderContext(image=router_image, served_names=served)
-            objects += render_moapipeline(doc, ctx)
+            image = router_image or DEFAULT_ROUTER_IMAGE
+            if doc.spec.topology.mode == "decentralised":
+                # As the operator renders it, before it has seen the members' Service addresses (it then
+                # points the peers at them; until then they use the Services' names).
+                objects += render_peers(doc, PeerRenderContext(image=image, served_names=served))
+            else:
+                objects += render_moapipeline(doc, RouterRenderContext(image=image, served_names=served))
     return objects

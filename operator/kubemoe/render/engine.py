@@ -2,8 +2,8 @@
 
 Every planned figure is passed explicitly (TP, max-model-len, memory utilization, batch sizes), so the
 server sizes its KV cache exactly as the plan did instead of falling back to per-hardware defaults.
-Flags follow vLLM 0.33 (tech-facts §1): `--speculative-config` JSON (the old `--speculative-model` is gone)
-and `--no-enable-*` to turn off what now defaults on.
+Flags follow vLLM 0.33 (`vllm/engine/arg_utils.py` in its PyPI wheel): `--speculative-config` JSON (the old
+`--speculative-model` is gone) and `--no-enable-*` to turn off what now defaults on.
 """
 
 from __future__ import annotations
@@ -29,6 +29,9 @@ _NEURON_TAGS = {
 RAY_BOOTSTRAP = "/vllm-workspace/examples/online_serving/multi-node-serving.sh"
 #: The oldest vLLM whose flag dialect this renderer speaks (`--speculative-config`, V1-only flags).
 OLDEST_VLLM = (0, 10)
+#: vLLM's default --data-parallel-rpc-port (tech-facts §1: arg_utils.py, `-dpp`, 29550), written out so
+#: the leader and its followers agree on it.
+DP_RPC_PORT = 29550
 
 
 class EngineDialectError(ValueError):
@@ -84,8 +87,19 @@ def serve_args(spec: MoEModelSpec, plan: Plan, *, cr_name: str) -> list[str]:
         args.append(f"--pipeline-parallel-size={plan.pipeline_parallel_size}")
     if plan.data_parallel_size > 1:
         args.append(f"--data-parallel-size={plan.data_parallel_size}")
+        if plan.multi_node:
+            # Multi-node DP (vLLM's multi_node_dep strategy): every node runs `vllm serve` with its local
+            # DP ranks; followers add --headless and their start rank (worker_dp_command). The leader's
+            # address comes from the LeaderWorkerSet's env (kubelet expands $(VAR) in args).
+            args += [
+                f"--data-parallel-size-local={plan.data_parallel_size_local}",
+                "--data-parallel-address=$(LWS_LEADER_ADDRESS)",
+                f"--data-parallel-rpc-port={DP_RPC_PORT}",
+            ]
     if plan.expert_parallel and plan.neuron_path != "nxdi":
         args.append("--enable-expert-parallel")
+    if plan.enable_eplb and plan.engine == "vllm":
+        args.append("--enable-eplb")
     args += [
         f"--max-model-len={plan.max_model_len}",
         f"--max-num-seqs={plan.max_num_seqs}",
@@ -115,7 +129,7 @@ def serve_args(spec: MoEModelSpec, plan: Plan, *, cr_name: str) -> list[str]:
         if sc.draft_tensor_parallel_size:
             config["draft_tensor_parallel_size"] = sc.draft_tensor_parallel_size
         args.append(f"--speculative-config={json.dumps(config, separators=(',', ':'), sort_keys=True)}")
-    if plan.multi_node and plan.engine == "vllm":
+    if plan.multi_node and plan.engine == "vllm" and plan.data_parallel_size == 1:
         args.append("--distributed-executor-backend=ray")
     return args + list(spec.engine.extra_args)
 
@@ -157,3 +171,16 @@ def leader_command(serve: list[str]) -> list[str]:
 def worker_command() -> list[str]:
     """Worker of a multi-node group: join the leader's Ray cluster and hold its GPUs for it."""
     return ["/bin/sh", "-c", f'exec bash {RAY_BOOTSTRAP} worker --ray_address="$LWS_LEADER_ADDRESS"']
+
+
+def multi_node_dp(plan: Plan) -> bool:
+    """A replica of DP ranks across nodes: no Ray, one `vllm serve` per node (leader + headless followers)."""
+    return plan.multi_node and plan.data_parallel_size > 1
+
+
+def worker_dp_command(serve: list[str], plan: Plan) -> list[str]:
+    """A follower of multi-node DP: the leader's command, headless, starting at its node's first DP rank."""
+    start = f'--data-parallel-start-rank="$((LWS_WORKER_INDEX * {plan.data_parallel_size_local}))"'
+    # $(LWS_LEADER_ADDRESS) is kubelet syntax; under the shell the same value is $LWS_LEADER_ADDRESS.
+    quoted = [shlex.quote(a).replace("$(LWS_LEADER_ADDRESS)", "'\"$LWS_LEADER_ADDRESS\"'") for a in serve]
+    return ["/bin/sh", "-c", "exec " + " ".join([*quoted, "--headless", start])]

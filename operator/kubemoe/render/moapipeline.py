@@ -26,6 +26,7 @@ from kubemoe.render.meta import (
 )
 from kubemoe.render.moemodel import model_endpoint
 from kubemoe.render.monitoring import render_prometheus_rule, render_service_monitor
+from kubemoe.render.monitoring import router_rules as pipeline_router_rules
 from kubemoe.render.network import default_path_prefix, render_httproute, render_service
 from kubemoe.router.config import Limits, ResolvedUpstream, RouterConfig
 
@@ -33,6 +34,8 @@ ROUTER_PORT = 8080
 CONFIG_KEY = "router.yaml"
 CONFIG_DIR = "/etc/kubemoe"
 SECRETS_DIR = "/var/run/secrets/kubemoe"
+#: Where the client keys Secret is mounted: apart from SECRETS_DIR, so no upstream Secret's name can clash.
+CLIENT_KEYS_DIR = "/var/run/kubemoe/client-keys"
 DEFAULT_ROUTER_IMAGE = "ghcr.io/kubemoe/kubemoe:0.1.0"
 
 
@@ -81,8 +84,18 @@ def router_config(pipeline: MoAPipeline, ctx: RouterRenderContext) -> RouterConf
         pipeline.metadata.name,
         pipeline.spec,
         lambda ref: resolve_reference(ref, namespace=ns, served_names=ctx.served_names),
+        keys_dir=CLIENT_KEYS_DIR,
         limits=ctx.limits or default_limits(pipeline),
     )
+
+
+def client_keys_secret(pipeline: MoAPipeline) -> str | None:
+    """The Secret of the pipeline's client keys (None when auth is off): `auth.secretName` or
+    `<name>-client-keys`."""
+    auth = pipeline.spec.auth
+    if not auth.enabled:
+        return None
+    return auth.secret_name or f"{pipeline.metadata.name}-client-keys"
 
 
 def default_limits(pipeline: MoAPipeline) -> Limits:
@@ -110,7 +123,77 @@ def _secret_volumes(pipeline: MoAPipeline) -> tuple[list[dict[str, Any]], list[d
     )
     volumes = [{"name": f"key-{s}", "secret": {"secretName": s, "defaultMode": 0o440}} for s in secrets]
     mounts = [{"name": f"key-{s}", "mountPath": f"{SECRETS_DIR}/{s}", "readOnly": True} for s in secrets]
+    clients = client_keys_secret(pipeline)
+    if clients is not None:
+        # optional: a missing Secret leaves the pod running but not ready (the router answers 401 and /readyz
+        # 503 until it has keys), instead of stuck in ContainerCreating; the kubelet fills it in once created.
+        # A directory mount, not subPath: only then does the kubelet update the files in place on rotation.
+        volumes.append(
+            {"name": "client-keys", "secret": {"secretName": clients, "defaultMode": 0o440, "optional": True}}
+        )
+        mounts.append({"name": "client-keys", "mountPath": CLIENT_KEYS_DIR, "readOnly": True})
     return volumes, mounts
+
+
+def process_pod(
+    pipeline: MoAPipeline,
+    *,
+    container: str,
+    image: str,
+    command: list[str],
+    port: int,
+    config_map: str,
+    requests: dict[str, Any],
+    limits: dict[str, Any],
+) -> dict[str, Any]:
+    """The pod spec of a kubemoe process serving a pipeline (the router, or one decentralised peer): its
+    config from `config_map`, the pipeline's key Secrets mounted, `requests`/`limits` as defaults under
+    `spec.resources`, and the restricted Pod Security Standard (it needs no privilege at all)."""
+    secret_volumes, secret_mounts = _secret_volumes(pipeline)
+    requests = {**requests, **{k: str(v) for k, v in pipeline.spec.resources.requests.items()}}
+    limits = {**limits, **{k: str(v) for k, v in pipeline.spec.resources.limits.items()}}
+    return {
+        "enableServiceLinks": False,
+        "automountServiceAccountToken": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 65532,
+            "runAsGroup": 65532,
+            # The Secret volumes are 0440 root-owned unless the pod has an fsGroup: without it the process
+            # (uid 65532) cannot read its client or upstream keys (seen on the real node: PermissionError).
+            "fsGroup": 65532,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [
+            {
+                "name": container,
+                "image": image,
+                "command": command,
+                "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
+                "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
+                "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10},
+                "resources": {
+                    "requests": dict(sorted(requests.items())),
+                    "limits": dict(sorted(limits.items())),
+                },
+                "securityContext": {
+                    "allowPrivilegeEscalation": False,
+                    "readOnlyRootFilesystem": True,
+                    "runAsNonRoot": True,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+                "volumeMounts": [
+                    {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+                    *secret_mounts,
+                ],
+            }
+        ],
+        "volumes": [{"name": "config", "configMap": {"name": config_map}}, *secret_volumes],
+    }
+
+
+#: Where router workers keep their metric samples (an emptyDir; see `router.workers`).
+METRICS_DIR = "/run/kubemoe-metrics"
 
 
 def _router_deployment(
@@ -119,28 +202,27 @@ def _router_deployment(
     name, ns = pipeline.metadata.name, pipeline.metadata.namespace
     labels = standard_labels("MoAPipeline", name, COMPONENT_ROUTER)
     selector = selector_labels("MoAPipeline", name, COMPONENT_ROUTER)
-    secret_volumes, secret_mounts = _secret_volumes(pipeline)
-    requests: dict[str, Any] = {"cpu": "250m", "memory": "256Mi"}
-    limits: dict[str, Any] = {"memory": "512Mi"}
-    requests.update({k: str(v) for k, v in pipeline.spec.resources.requests.items()})
-    limits.update({k: str(v) for k, v in pipeline.spec.resources.limits.items()})
-    container = {
-        "name": "router",
-        "image": ctx.image,
-        "command": ["kubemoe", "router", f"--config={CONFIG_DIR}/{CONFIG_KEY}", f"--port={ROUTER_PORT}"],
-        "ports": [{"name": "http", "containerPort": ROUTER_PORT, "protocol": "TCP"}],
-        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5},
-        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10},
-        "resources": {"requests": dict(sorted(requests.items())), "limits": dict(sorted(limits.items()))},
-        # The restricted Pod Security Standard: the router needs no privilege at all.
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
-        "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}, *secret_mounts],
-    }
+    workers = pipeline.spec.workers
+    command = ["kubemoe", "router", f"--config={CONFIG_DIR}/{CONFIG_KEY}", f"--port={ROUTER_PORT}"]
+    if workers > 1:
+        command.append(f"--workers={workers}")
+    pod = process_pod(
+        pipeline,
+        container="router",
+        image=ctx.image,
+        command=command,
+        port=ROUTER_PORT,
+        config_map=router_name(name),
+        requests={"cpu": f"{250 * workers}m", "memory": "256Mi"},
+        limits={"memory": f"{512 * workers}Mi"},
+    )
+    if workers > 1:
+        # The workers' metric samples live in files (prometheus-client's multiprocess mode); the root
+        # filesystem is read-only, so they get a memory-backed emptyDir.
+        container = pod["containers"][0]
+        container["env"] = [{"name": "PROMETHEUS_MULTIPROC_DIR", "value": METRICS_DIR}]
+        container["volumeMounts"].append({"name": "metrics", "mountPath": METRICS_DIR})
+        pod["volumes"].append({"name": "metrics", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}})
     digest = hashlib.sha256(config_text.encode()).hexdigest()[:16]
     return {
         "apiVersion": "apps/v1",
@@ -153,65 +235,18 @@ def _router_deployment(
             "template": {
                 # A changed pipeline rolls the router: the config hash is part of the pod template.
                 "metadata": {"labels": labels, "annotations": {f"{PREFIX}/config-hash": digest}},
-                "spec": {
-                    "enableServiceLinks": False,
-                    "automountServiceAccountToken": False,
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "runAsUser": 65532,
-                        "runAsGroup": 65532,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
-                    "containers": [container],
-                    "volumes": [
-                        {"name": "config", "configMap": {"name": router_name(name)}},
-                        *secret_volumes,
-                    ],
-                },
+                "spec": pod,
             },
         },
     }
 
 
 def router_rules(pipeline: MoAPipeline) -> list[dict[str, Any]]:
+    """The router's alerts (kubemoe.render.monitoring keeps every rendered rule in one place)."""
     name, ns = pipeline.metadata.name, pipeline.metadata.namespace
-    alerts = pipeline.spec.monitoring.alerts
-    sel = f'namespace="{ns}", service="{router_name(name)}"'
-    rate = f"rate(kubemoe_router_requests_total{{{sel}}}[5m])"
-
-    def rule(alert: str, expr: str, summary: str) -> dict[str, Any]:
-        return {
-            "alert": alert,
-            "expr": expr,
-            "for": "5m",
-            "labels": {"severity": "warning"},
-            "annotations": {"summary": summary},
-        }
-
-    return [
-        rule(
-            "KubeMoERouterErrorRate",
-            f'100 * sum(rate(kubemoe_router_requests_total{{{sel}, code=~"5.."}}[5m])) / sum({rate}) '
-            f"> {alerts.error_rate_percent:g}",
-            f"more than {alerts.error_rate_percent:g}% of {name} requests fail",
-        ),
-        rule(
-            "KubeMoERouterHighP95Latency",
-            f"histogram_quantile(0.95, sum by (le) (rate(kubemoe_router_request_duration_seconds_bucket{{{sel}}}"
-            f"[5m]))) > {alerts.p95_latency_seconds:g}",
-            f"p95 latency of pipeline {name} is above {alerts.p95_latency_seconds:g}s",
-        ),
-        rule(
-            "KubeMoERouterQuorumMisses",
-            f"sum(rate(kubemoe_router_layer_deadlines_total{{{sel}}}[5m])) > 0",
-            f"layers of {name} hit their deadline before quorum; some agents are too slow",
-        ),
-        rule(
-            "KubeMoERouterSheddingLoad",
-            f"sum(rate(kubemoe_router_shed_requests_total{{{sel}}}[5m])) > 0",
-            f"pipeline {name} refuses requests above its stable rate; add model replicas",
-        ),
-    ]
+    return pipeline_router_rules(
+        pipeline.spec.monitoring.alerts, namespace=ns, name=name, service=router_name(name)
+    )
 
 
 def render_moapipeline(pipeline: MoAPipeline, ctx: RouterRenderContext | None = None) -> list[dict[str, Any]]:

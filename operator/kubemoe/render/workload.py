@@ -157,11 +157,15 @@ def render_workload(
                 "template": {"metadata": {"labels": labels, "annotations": annotations}, "spec": pod},
             },
         }
-        if spec.replicas is not None:
-            deployment["spec"]["replicas"] = spec.replicas
+        if (replicas := planned_replicas(spec, plan)) is not None:
+            deployment["spec"]["replicas"] = replicas
         return deployment
-    leader = _pod_spec(spec, plan, _container(spec, plan, command=engine.leader_command(serve), serving=True))
-    worker = _pod_spec(spec, plan, _container(spec, plan, command=engine.worker_command(), serving=False))
+    if engine.multi_node_dp(plan):
+        leader_cmd, worker_cmd = serve, engine.worker_dp_command(serve, plan)
+    else:
+        leader_cmd, worker_cmd = engine.leader_command(serve), engine.worker_command()
+    leader = _pod_spec(spec, plan, _container(spec, plan, command=leader_cmd, serving=True))
+    worker = _pod_spec(spec, plan, _container(spec, plan, command=worker_cmd, serving=False))
     lws: dict[str, Any] = {
         "apiVersion": LWS_API_VERSION,
         "kind": "LeaderWorkerSet",
@@ -194,9 +198,16 @@ def render_workload(
             },
         },
     }
-    if spec.replicas is not None:
-        lws["spec"]["replicas"] = spec.replicas
+    if (replicas := planned_replicas(spec, plan)) is not None:
+        lws["spec"]["replicas"] = replicas
     return lws
+
+
+def planned_replicas(spec: MoEModelSpec, plan: Plan) -> int | None:
+    """spec.replicas when set; else the count serving.target needs; else None (an autoscaler owns it)."""
+    if spec.replicas is not None:
+        return spec.replicas
+    return plan.target_replicas
 
 
 def _rollout(plan: Plan, whole_node: bool) -> dict[str, Any]:
