@@ -100,6 +100,24 @@ class KubeCluster:
         """``helm`` from the toolchain with this cluster's kubeconfig."""
         return self.run("helm", *args, input=input, check=check, timeout=timeout)
 
+    def wait_established(self, *crds: str, timeout_s: float = 60) -> None:
+        """Wait until each CRD (``moemodels.kubemoe.io``) has ``Established=True``.
+
+        Not ``kubectl wait --for=condition=Established``: on a CRD created a moment ago its
+        ``status.conditions`` is still null, and kubectl then fails at once ("accessor error: <nil>
+        is of the type <nil>") instead of waiting; CI hit exactly that.
+        """
+        query = '{.status.conditions[?(@.type=="Established")].status}'
+        for crd in crds:
+            wait_for(
+                f"crd/{crd} Established",
+                lambda crd=crd: (
+                    self.kubectl("get", f"crd/{crd}", "-o", f"jsonpath={query}", check=False).stdout.strip()
+                    == "True"
+                ),
+                timeout_s=timeout_s,
+            )
+
 
 def run_cluster_script(args: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
     return subprocess.run(

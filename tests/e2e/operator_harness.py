@@ -10,11 +10,11 @@ Test modules use it with ``from .operator_harness import *`` (fixtures included)
 Fixtures
 --------
 ``operator_crds`` (session)
-    ``crds/`` and ``manifests/operator/kopf-peering.yaml`` installed and Established.
+    ``crds/`` installed and Established.
 ``kube`` (session)
     A :class:`Kube`: raw REST reads/writes of any kind the operator touches, plus ``kubectl``.
 ``operator_factory`` (function)
-    ``operator_factory(namespace, standalone=True, priority=None, resync_seconds=3)`` starts one more
+    ``operator_factory(namespace, standalone=True, lease_seconds=None, resync_seconds=3)`` starts one more
     ``kubemoe run`` subprocess (its log in the test's tmp dir), waits for ``/readyz`` and returns an
     :class:`OperatorProcess`. Every process it started is killed at teardown, and the test's namespace is
     emptied of workloads so that the next test finds the fake GPUs free.
@@ -63,6 +63,7 @@ __all__ = [
     "operator_factory",
     "owned_by",
     "pods_of",
+    "restart_apiserver",
     "running_operator",
     "sample",
     "wait_for",
@@ -72,7 +73,6 @@ __all__ = [
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "manifests" / "samples"
 KUBEMOE = str(Path(sys.executable).parent / "kubemoe")
-PEERING_MANIFEST = ROOT / "manifests" / "operator" / "kopf-peering.yaml"
 
 #: kind -> (api group/version path prefix, plural)
 KINDS: dict[str, tuple[str, str]] = {
@@ -87,7 +87,9 @@ KINDS: dict[str, tuple[str, str]] = {
     "PrometheusRule": ("/apis/monitoring.coreos.com/v1", "prometheusrules"),
     "ServiceMonitor": ("/apis/monitoring.coreos.com/v1", "servicemonitors"),
     "LeaderWorkerSet": ("/apis/leaderworkerset.x-k8s.io/v1", "leaderworkersets"),
-    "KopfPeering": ("/apis/kopf.dev/v1", "kopfpeerings"),
+    "Lease": ("/apis/coordination.k8s.io/v1", "leases"),
+    "ConfigMap": ("/api/v1", "configmaps"),
+    "MoAPipeline": ("/apis/kubemoe.io/v1alpha1", "moapipelines"),
 }
 #: What the operator renders for a MoEModel (besides the workload's ReplicaSets and pods).
 CHILD_KINDS = ["Deployment", "LeaderWorkerSet", "Service", "HTTPRoute", "PrometheusRule", "ServiceMonitor"]
@@ -338,6 +340,21 @@ class OperatorProcess:
             if n == name and all(dict(lbls).get(k) == want for k, want in labels.items())
         )
 
+    def wait_resyncs(self, passes: int, timeout_s: float = 60) -> None:
+        """Wait until ``passes`` more resync passes have queued every object and the queue has drained, so
+        every object has been reconciled again since the call: the condition a negative check ("still
+        nothing after resyncs") needs, instead of a sleep that guesses the resync period."""
+        start = self.metric("kubemoe_resync_passes_total")
+        wait_for(
+            f"{passes} resync pass(es) and an empty queue",
+            lambda: (
+                self.metric("kubemoe_resync_passes_total") >= start + passes
+                and self.metric("kubemoe_queue_depth") == 0
+            ),
+            timeout_s=timeout_s,
+            every_s=0.2,
+        )
+
     def log(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")
@@ -367,7 +384,7 @@ def _start_operator(
     namespace: str | None,
     *,
     standalone: bool = True,
-    priority: int | None = None,
+    lease_seconds: float | None = None,
     resync_seconds: float = 3,
     extra: list[str] | None = None,
 ) -> OperatorProcess:
@@ -377,8 +394,8 @@ def _start_operator(
         args += ["-n", namespace]
     if standalone:
         args.append("--standalone")
-    if priority is not None:
-        args += ["--priority", str(priority)]
+    if lease_seconds is not None:
+        args += ["--lease-seconds", str(lease_seconds)]
     args += extra or []
     env = dict(cluster.env)
     env["KUBECONFIG"] = str(cluster.kubeconfig)
@@ -388,20 +405,93 @@ def _start_operator(
     return op.start()
 
 
+@dataclass(frozen=True)
+class _Component:
+    """How kwokctl started one control-plane process: enough to start it again the same way."""
+
+    name: str
+    pid: int
+    argv: list[str]
+    cwd: str
+    env: dict[str, str]
+
+    @classmethod
+    def of(cls, cluster: KubeCluster, name: str) -> _Component:
+        pid = int((cluster.kubeconfig.parent / "pids" / f"{name}.pid").read_text().strip())
+        proc = Path(f"/proc/{pid}")
+        argv = [a for a in (proc / "cmdline").read_bytes().decode().split("\0") if a]
+        assert name in argv[0], (name, argv[:1])
+        environ = (proc / "environ").read_bytes().decode().split("\0")
+        env = dict(item.split("=", 1) for item in environ if "=" in item)
+        return cls(name, pid, argv, os.readlink(proc / "cwd"), env)
+
+    def alive(self) -> bool:
+        try:
+            state = Path(f"/proc/{self.pid}/stat").read_text().split()[2]
+        except OSError:
+            return False
+        return state not in ("Z", "X")
+
+    def start(self, cluster: KubeCluster) -> None:
+        log = cluster.kubeconfig.parent / "logs" / f"{self.name}.log"
+        with log.open("ab") as out:
+            new = subprocess.Popen(
+                self.argv,
+                cwd=self.cwd,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        (cluster.kubeconfig.parent / "pids" / f"{self.name}.pid").write_text(f"{new.pid}\n")
+
+
+#: Restarted with the API server, as on a control-plane node's reboot: both would exit anyway when they
+#: cannot renew their leader Lease, at a moment hard to wait for.
+_RESTARTED_WITH_APISERVER = ("kube-controller-manager", "kube-scheduler")
+
+
+def restart_apiserver(cluster: KubeCluster, down_s: float) -> float:
+    """Kill this cluster's kube-apiserver, controller-manager and scheduler (SIGKILL, as a crash), keep
+    them down `down_s` seconds and start them again with the very command lines, directories and
+    environments kwokctl gave them. Pid files are updated, so `hack/cluster down` still stops everything.
+    Waits until the API server answers; returns the seconds it was away."""
+    apiserver = _Component.of(cluster, "kube-apiserver")
+    others = [_Component.of(cluster, n) for n in _RESTARTED_WITH_APISERVER]
+    t0 = time.monotonic()
+    for component in [apiserver, *others]:
+        os.kill(component.pid, signal.SIGKILL)
+    wait_for("the control plane gone", lambda: not any(c.alive() for c in [apiserver, *others]), timeout_s=15)
+    time.sleep(down_s)  # the outage itself
+    apiserver.start(cluster)
+
+    def answers() -> bool:
+        try:
+            status, _ = Kube(cluster).call("GET", "/readyz")
+        except Exception:  # connection refused while it starts
+            return False
+        if status != 200:
+            return False
+        # Ready is not enough: the custom resources' storage may still be initialising (429).
+        status, _ = Kube(cluster).call("GET", "/apis/kubemoe.io/v1alpha1/moemodels")
+        return status == 200
+
+    wait_for("kube-apiserver answers again", answers, timeout_s=90, every_s=0.5)
+    away = time.monotonic() - t0
+    for component in others:
+        component.start(cluster)
+    return away
+
+
 # ---------------------------------------------------------------------------------------- fixtures
 
 
 @pytest.fixture(scope="session")
 def operator_crds(kube_cluster: KubeCluster) -> KubeCluster:
-    """kubemoe's CRDs and kopf's peering CRDs (+ the ClusterKopfPeering ``kubemoe``), Established."""
+    """kubemoe's CRDs, Established."""
     apply = ["apply", "--server-side", "--force-conflicts", "--field-manager=kubemoe-tests"]
-    crds = ["crd/moemodels.kubemoe.io", "crd/moapipelines.kubemoe.io"]
-    crds += ["crd/clusterkopfpeerings.kopf.dev", "crd/kopfpeerings.kopf.dev"]
-    # The manifest holds the peering CRDs and an object of one of them: the object is admitted only once
-    # its CRD is Established, so a first apply may fail on it; the second one after the wait may not.
-    kube_cluster.kubectl(*apply, "-f", str(ROOT / "crds"), "-f", str(PEERING_MANIFEST), check=False)
-    kube_cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *crds)
-    kube_cluster.kubectl(*apply, "-f", str(PEERING_MANIFEST))
+    kube_cluster.kubectl(*apply, "-f", str(ROOT / "crds"))
+    kube_cluster.wait_established("moemodels.kubemoe.io", "moapipelines.kubemoe.io")
     return kube_cluster
 
 
@@ -438,7 +528,7 @@ def operator_factory(kube: Kube, namespace: str, tmp_path: Path) -> Iterator[Cal
         ns: str | None = None,
         *,
         standalone: bool = True,
-        priority: int | None = None,
+        lease_seconds: float | None = None,
         resync_seconds: float = 3,
         wait: bool = True,
         extra: list[str] | None = None,
@@ -448,7 +538,7 @@ def operator_factory(kube: Kube, namespace: str, tmp_path: Path) -> Iterator[Cal
             tmp_path,
             ns or namespace,
             standalone=standalone,
-            priority=priority,
+            lease_seconds=lease_seconds,
             resync_seconds=resync_seconds,
             extra=extra,
         )

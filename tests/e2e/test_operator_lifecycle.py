@@ -69,12 +69,20 @@ def test_a_created_moemodel_gets_its_children_a_running_pod_and_a_ready_status(
     deploy = children["Deployment"]
     pod_spec = deploy["spec"]["template"]["spec"]
     container = pod_spec["containers"][0]
-    assert container["resources"]["requests"]["nvidia.com/gpu"] == "2"
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    # The planner's choice for this sample by $ per output token (`kubemoe plan -f` shows the same):
+    # DP 8 + EP 8, one p4de node.
+    assert container["resources"]["requests"]["nvidia.com/gpu"] == "8"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
     assert pod_spec["nodeSelector"] == {"node.kubernetes.io/instance-type": "p4de.24xlarge"}
     args = _args(deploy)
     assert args[:3] == ["vllm", "serve", "mistralai/Mixtral-8x7B-Instruct-v0.1"]
-    for arg in ("--tensor-parallel-size=2", "--max-model-len=32768", "--served-model-name=mixtral-8x7b"):
+    for arg in (
+        "--tensor-parallel-size=1",
+        "--data-parallel-size=8",
+        "--enable-expert-parallel",
+        "--max-model-len=32768",
+        "--served-model-name=mixtral-8x7b",
+    ):
         assert arg in args, args
     assert deploy["spec"]["replicas"] == 1
     assert children["Service"]["spec"]["ports"][0]["port"] == 8000
@@ -88,7 +96,8 @@ def test_a_created_moemodel_gets_its_children_a_running_pod_and_a_ready_status(
 
     status = moe["status"]
     assert status["plan"]["instanceType"] == "p4de.24xlarge"
-    assert status["plan"]["tensorParallelSize"] == 2
+    assert status["plan"]["tensorParallelSize"] == 1
+    assert status["plan"]["dataParallelSize"] == 8
     assert status["endpoint"].startswith(f"http://{NAME}.{namespace}.svc"), status["endpoint"]
     assert status["observedGeneration"] == moe["metadata"]["generation"]
     assert status["replicas"] == 1

@@ -25,11 +25,11 @@ NEEDED = [
     ("delete", "configmaps"),
     ("patch", "leaderworkersets.leaderworkerset.x-k8s.io"),
     ("delete", "httproutes.gateway.networking.k8s.io"),
+    ("get", "gateways.gateway.networking.k8s.io"),
     ("patch", "prometheusrules.monitoring.coreos.com"),
     ("patch", "servicemonitors.monitoring.coreos.com"),
     ("list", "pods"),
     ("create", "events"),
-    ("patch", "clusterkopfpeerings.kopf.dev"),
     ("list", "customresourcedefinitions.apiextensions.k8s.io"),
     ("watch", "namespaces"),
 ]
@@ -38,13 +38,6 @@ NEEDED = [
 @pytest.fixture(scope="module")
 def installed(kube_cluster: KubeCluster) -> KubeCluster:
     kube_cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
-    kube_cluster.kubectl(
-        "apply", "--server-side", "-f", str(ROOT / "manifests/operator/kopf-peering.yaml"), check=False
-    )
-    kube_cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/clusterkopfpeerings.kopf.dev", "--timeout=60s"
-    )
-    kube_cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "manifests/operator/kopf-peering.yaml"))
     kube_cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "manifests/operator/operator.yaml"))
     return kube_cluster
 
@@ -55,6 +48,20 @@ def test_the_operator_service_account_may_do_what_the_operator_does(
 ) -> None:
     proc = installed.kubectl("auth", "can-i", verb, resource, "--as", SA, "--all-namespaces", check=False)
     assert proc.stdout.strip() == "yes", f"{SA} cannot {verb} {resource}: {proc.stdout} {proc.stderr}"
+
+
+@pytest.mark.parametrize("verb", ["get", "create", "update"])
+def test_the_service_account_may_hold_the_leader_lease_in_its_namespace_only(
+    installed: KubeCluster, verb: str
+) -> None:
+    def can(namespace: str) -> str:
+        proc = installed.kubectl(
+            "auth", "can-i", verb, "leases.coordination.k8s.io", "--as", SA, "-n", namespace, check=False
+        )
+        return proc.stdout.strip()
+
+    assert can("kubemoe-system") == "yes"
+    assert can("default") == "no"
 
 
 def test_the_service_account_gets_nothing_beyond_its_job(installed: KubeCluster) -> None:

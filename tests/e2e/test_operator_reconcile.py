@@ -239,8 +239,8 @@ def test_an_infeasible_moemodel_is_refused_with_what_to_change_and_deploys_once_
     assert warnings, "no Warning Event"
     assert warnings[0]["reason"] == "InsufficientMemory", warnings
 
-    # Several resyncs later: still nothing rendered, and the Warning was not repeated.
-    time.sleep(7)
+    # Two resyncs later: still nothing rendered, and the Warning was not repeated.
+    running_operator.wait_resyncs(2)
     for kind in ("Deployment", "Service", "HTTPRoute", "PrometheusRule", "ServiceMonitor", "LeaderWorkerSet"):
         assert kube.list(kind, namespace) == [], f"{kind} created for an infeasible CR"
     assert len([e for e in events(kube, namespace, name) if e.get("type") == "Warning"]) == 1
@@ -287,7 +287,7 @@ def test_the_scale_subresource_drives_the_deployment_and_an_autoscalers_count_is
         ),
         timeout_s=20,
     )
-    time.sleep(8)  # >= two resyncs at --resync-seconds 3
+    running_operator.wait_resyncs(2)
     deploy = kube.get("Deployment", namespace, "autoscaled")
     assert deploy is not None
     assert deploy["spec"]["replicas"] == 2, "the operator reverted the autoscaler's count"
@@ -369,7 +369,7 @@ def test_a_missing_optional_api_degrades_the_moemodel_but_it_still_becomes_ready
         assert "ServiceMonitor" in degraded["message"]
         for kind in ("Deployment", "Service", "HTTPRoute"):
             assert kube.get(kind, namespace, NAME) is not None, kind
-        time.sleep(4)  # a resync with the API still missing
+        op.wait_resyncs(1)  # a resync with the API still missing
         assert op.alive(), op.log()[-3000:]
         assert op.http("/healthz")[0] == 200
         assert "Traceback" not in op.log(), op.log()[-3000:]
@@ -388,6 +388,39 @@ def test_a_missing_optional_api_degrades_the_moemodel_but_it_still_becomes_ready
                 str(source),
             )
         for crd in deleted:
-            kube.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd}")
+            kube.cluster.wait_established(crd)
             plural = crd.split(".")[0]
             wait_for(f"the {plural} API back", lambda p=plural: _served(kube, p) == 200, timeout_s=30)
+
+
+@pytest.mark.e2e
+def test_a_hand_added_selector_key_is_removed_and_a_hand_added_label_is_kept(
+    running_operator: OperatorProcess, kube: Kube, namespace: str
+) -> None:
+    kube.apply(sample("mixtral-8x7b-p4de.yaml"), namespace)
+    wait_ready(kube, namespace, NAME)
+    # One more key in the Service's selector would select no pod at all: kubemoe removes it.
+    kube.merge_patch("Service", namespace, NAME, {"spec": {"selector": {"hand-added": "x"}}})
+    # A label on the Deployment changes nothing that is served: kubemoe leaves it.
+    kube.merge_patch("Deployment", namespace, NAME, {"metadata": {"labels": {"team": "ml"}}})
+
+    def restored() -> dict | None:
+        svc = kube.get("Service", namespace, NAME)
+        return svc if svc and "hand-added" not in svc["spec"]["selector"] else None
+
+    svc = wait_for("the selector restored", restored, timeout_s=15, every_s=0.1)
+    assert svc["spec"]["selector"]["app.kubernetes.io/instance"] == NAME
+    reconciles = running_operator.metric("kubemoe_reconcile_total", kind="MoEModel")
+    wait_for(
+        "two more reconciles",
+        lambda: running_operator.metric("kubemoe_reconcile_total", kind="MoEModel") >= reconciles + 2,
+    )
+    deploy = kube.get("Deployment", namespace, NAME)
+    assert deploy is not None
+    assert deploy["metadata"]["labels"]["team"] == "ml"
+    writes = running_operator.metric("kubemoe_api_writes_total")
+    wait_for(
+        "two more reconciles",
+        lambda: running_operator.metric("kubemoe_reconcile_total", kind="MoEModel") >= reconciles + 4,
+    )
+    assert running_operator.metric("kubemoe_api_writes_total") == writes, "the kept label caused writes"

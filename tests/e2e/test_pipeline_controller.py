@@ -87,6 +87,11 @@ def test_pipeline_renders_its_router_and_becomes_ready_once_its_models_are(
     assert all(a["ready"] for a in status["agents"])
     for kind in ("Service", "HTTPRoute", "PrometheusRule", "ServiceMonitor"):
         assert kube.get(kind, namespace, "moa-chat-router") is not None, kind
+    # No gateway controller serves this cluster's Gateway: the route's status stays unwritten, and the
+    # pipeline says so rather than claiming the route works (tests/e2e/test_gateway_traefik.py: accepted).
+    route = cond(ready, "RouteAccepted")
+    assert (route["status"], route["reason"]) == ("Unknown", "RouteStatusPending"), route
+    assert route["observedGeneration"] == ready["metadata"]["generation"]
 
 
 def test_router_config_follows_a_referenced_models_served_name(

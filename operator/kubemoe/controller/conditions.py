@@ -1,61 +1,65 @@
-"""Status conditions in the metav1.Condition shape, set by one function so naming, observedGeneration,
-transition times and message length stay consistent."""
+"""Status conditions (`api.common.Condition`, the metav1.Condition shape), set by one function so naming,
+observedGeneration, transition times and message length stay consistent. Types and reasons are the enums
+of `api.conditions`: a misspelt one does not type-check."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+
+from kubemoe.api.common import Condition
+from kubemoe.api.conditions import ConditionType, Reason
+from kubemoe.planner import PlanReason
 
 MAX_MESSAGE = 1024
 
-# Condition types.
-PLANNED = "Planned"
-PROGRESSING = "Progressing"
-AVAILABLE = "Available"
-READY = "Ready"
-DEGRADED = "Degraded"
-CAPACITY_OK = "CapacityOK"
+AnyReason = Reason | PlanReason
 
 
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def _now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
 
 
 def set_condition(
-    conditions: list[dict[str, Any]],
-    type_: str,
+    conditions: list[Condition],
+    type_: ConditionType,
     status: bool | None,
     *,
-    reason: str,
+    reason: AnyReason,
     message: str,
     generation: int | None,
 ) -> None:
     """Set `type_` in place. lastTransitionTime changes only when the status flips, so an unchanged
-    observation leaves the condition byte-identical (and the status write is skipped)."""
+    observation leaves the condition identical (and the status write is skipped)."""
     value = "Unknown" if status is None else ("True" if status else "False")
     message = message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 3] + "..."
-    for cond in conditions:
-        if cond.get("type") == type_:
-            if cond.get("status") != value:
-                cond["lastTransitionTime"] = _now()
-            cond.update(status=value, reason=reason, message=message, observedGeneration=generation)
+    for i, cond in enumerate(conditions):
+        if cond.type == type_:
+            flipped = cond.status != value or cond.last_transition_time is None
+            conditions[i] = Condition(
+                type=type_.value,
+                status=value,
+                reason=reason.value,
+                message=message,
+                last_transition_time=_now() if flipped else cond.last_transition_time,
+                observed_generation=generation,
+            )
             return
     conditions.append(
-        {
-            "type": type_,
-            "status": value,
-            "reason": reason,
-            "message": message,
-            "lastTransitionTime": _now(),
-            "observedGeneration": generation,
-        }
+        Condition(
+            type=type_.value,
+            status=value,
+            reason=reason.value,
+            message=message,
+            last_transition_time=_now(),
+            observed_generation=generation,
+        )
     )
 
 
-def condition(conditions: list[dict[str, Any]], type_: str) -> dict[str, Any] | None:
-    return next((c for c in conditions if c.get("type") == type_), None)
+def condition(conditions: list[Condition], type_: ConditionType) -> Condition | None:
+    return next((c for c in conditions if c.type == type_), None)
 
 
-def is_true(conditions: list[dict[str, Any]], type_: str) -> bool:
+def is_true(conditions: list[Condition], type_: ConditionType) -> bool:
     cond = condition(conditions, type_)
-    return cond is not None and cond.get("status") == "True"
+    return cond is not None and cond.status == "True"

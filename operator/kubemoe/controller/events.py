@@ -1,10 +1,12 @@
 """Kubernetes Events for decisions and failures. Posted only when something changed, so a quiet resync
-writes no Event either."""
+writes no Event either. Posted in the background (in order, by one thread): an Event is best effort, and
+the reconcile that decided it does not wait for the API server to store it."""
 
 from __future__ import annotations
 
 import logging
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,10 +15,12 @@ from kubemoe.controller.kube import KINDS, KubeClient, KubeError
 
 log = logging.getLogger(__name__)
 
+_POSTER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kubemoe-events")
+
 
 def post_event(
     kube: KubeClient, owner: dict[str, Any], *, reason: str, message: str, warning: bool = False
-) -> None:
+) -> Future[None]:
     meta = owner["metadata"]
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     event = {
@@ -38,11 +42,18 @@ def post_event(
         "lastTimestamp": now,
         "count": 1,
     }
+    return _POSTER.submit(_create, kube, event)
+
+
+def _create(kube: KubeClient, event: dict[str, Any]) -> None:
+    meta = event["involvedObject"]
     try:
         kube.create(KINDS["Event"], meta["namespace"], event)
         metrics.WRITES.labels(verb="create", kind="Event").inc()
     except KubeError as exc:  # an Event is best effort: never fail a reconcile over it
-        log.warning("could not post event %s for %s/%s: %s", reason, meta["namespace"], meta["name"], exc)
+        log.warning(
+            "could not post event %s for %s/%s: %s", event["reason"], meta["namespace"], meta["name"], exc
+        )
 
 
 def announce_sync(kube: KubeClient, owner: dict[str, Any], *, applied: list[str], pruned: list[str]) -> None:

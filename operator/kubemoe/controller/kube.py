@@ -16,8 +16,9 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
+import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -67,9 +68,11 @@ KINDS: dict[str, Kind] = {
         Kind("v1", "ConfigMap", "configmaps"),
         Kind("v1", "Pod", "pods"),
         Kind("v1", "Event", "events"),
+        Kind("coordination.k8s.io/v1", "Lease", "leases"),
         Kind("apps/v1", "Deployment", "deployments"),
         Kind("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet", "leaderworkersets"),
         Kind("gateway.networking.k8s.io/v1", "HTTPRoute", "httproutes"),
+        Kind("gateway.networking.k8s.io/v1", "Gateway", "gateways"),
         Kind("monitoring.coreos.com/v1", "PrometheusRule", "prometheusrules"),
         Kind("monitoring.coreos.com/v1", "ServiceMonitor", "servicemonitors"),
         Kind("kubemoe.io/v1alpha1", "MoEModel", "moemodels"),
@@ -80,6 +83,27 @@ KINDS: dict[str, Kind] = {
 
 def kind_of(obj: Mapping[str, Any]) -> Kind:
     return KINDS[obj["kind"]]
+
+
+class Reader(Protocol):
+    """Reads only: the API client, or a watch-fed cache in front of it (`controller.cache`)."""
+
+    def get(self, kind: Kind, namespace: str | None, name: str) -> dict[str, Any] | None: ...
+
+    def list(self, kind: Kind, namespace: str | None, label_selector: str = "") -> list[dict[str, Any]]: ...
+
+
+@runtime_checkable
+class WriteThrough(Protocol):
+    """A reader that also takes what the API server answered to our writes (the watch-fed cache)."""
+
+    def remember(self, kind: str, obj: dict[str, Any] | None) -> None: ...
+
+
+def remember(reader: object, kind: str, obj: dict[str, Any] | None) -> None:
+    """Tell a write-through reader what a write of ours left on the API server (nothing for others)."""
+    if isinstance(reader, WriteThrough):
+        reader.remember(kind, obj)
 
 
 class KubeClient:
@@ -107,14 +131,23 @@ class KubeClient:
             body=body,
             auth_settings=["BearerToken"],
         )
+        if verb == "GET":
+            metrics.READS.labels(verb="GET").inc()
         try:
             response = self.api.call_api(
-                method, url, header_params=headers, body=payload, _request_timeout=60
+                method, url, header_params=headers, body=payload, _request_timeout=(10, 60)
             )
             raw = response.read()  # type: ignore[no-untyped-call]
             status = response.status
         except ApiException as exc:  # connection-level failures surface as status 0
             raw, status = (exc.body or "").encode(), exc.status or 0
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            # No answer at all (refused, reset, timed out, MaxRetryError): the API server is away, which
+            # the callers handle like any other API error rather than dying on a foreign exception.
+            metrics.API_ERRORS.labels(verb=verb, code="0").inc()
+            raise KubeApiError(
+                0, f"{verb} {path}: API server unreachable: {type(exc).__name__}: {exc}"
+            ) from exc
         if status >= 400 or status == 0:
             metrics.API_ERRORS.labels(verb=verb, code=str(status)).inc()
             message = f"{verb} {path}: {_status_message(raw, status)}"
@@ -161,14 +194,17 @@ class KubeClient:
         return kind.plural in seen[0]
 
     # ---------------------------------------------------------------- writes
-    def apply(self, obj: Mapping[str, Any], *, force: bool = True) -> dict[str, Any]:
+    def apply(self, obj: Mapping[str, Any], *, force: bool = True, dry_run: bool = False) -> dict[str, Any]:
         """Server-side apply with our field manager. `force` takes over fields we own from other managers:
-        the CR is the source of truth for everything we render."""
+        the CR is the source of truth for everything we render. `dry_run` runs every validation and
+        admission webhook and persists nothing."""
         kind = kind_of(obj)
         meta = obj["metadata"]
         query = [("fieldManager", FIELD_MANAGER)]
         if force:
             query.append(("force", "true"))
+        if dry_run:
+            query.append(("dryRun", "All"))
         result: dict[str, Any] = self._call(
             "PATCH",
             f"{kind.base(meta.get('namespace'))}/{meta['name']}",
@@ -178,20 +214,40 @@ class KubeClient:
         )
         return result
 
+    def merge_patch(self, kind: Kind, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(
+            "PATCH",
+            f"{kind.base(namespace)}/{name}",
+            body=dict(patch),
+            query=[("fieldManager", FIELD_MANAGER)],
+            content_type="application/merge-patch+json",
+        )
+        return result
+
     def delete(self, kind: Kind, namespace: str | None, name: str) -> None:
         with contextlib.suppress(NotFound):  # already gone is what we wanted
             self._call("DELETE", f"{kind.base(namespace)}/{name}", body={"propagationPolicy": "Background"})
 
-    def patch_status(self, kind: Kind, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        self._call(
+    def patch_status(
+        self, kind: Kind, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        """Merge-patch the status subresource; returns the object as the API server stored it."""
+        result: dict[str, Any] | None = self._call(
             "PATCH",
             f"{kind.base(namespace)}/{name}/status",
             body={"status": dict(status)},
             content_type="application/merge-patch+json",
         )
+        return result
 
-    def create(self, kind: Kind, namespace: str, obj: Mapping[str, Any]) -> None:
-        self._call("POST", kind.base(namespace), body=dict(obj))
+    def create(self, kind: Kind, namespace: str, obj: Mapping[str, Any]) -> dict[str, Any]:
+        created: dict[str, Any] = self._call("POST", kind.base(namespace), body=dict(obj))
+        return created
+
+    def replace(self, kind: Kind, namespace: str, name: str, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """PUT: with metadata.resourceVersion set, a 409 Conflict if someone changed it meanwhile."""
+        replaced: dict[str, Any] = self._call("PUT", f"{kind.base(namespace)}/{name}", body=dict(obj))
+        return replaced
 
 
 def _status_message(raw: bytes | str | None, status: int) -> str:

@@ -1,49 +1,43 @@
-"""The one MoEModel reconcile: read -> validate -> plan -> render -> apply -> prune -> observe -> status.
+"""The MoEModel parts of the reconcile frame (`controller.frame`): validate -> plan -> render, and what
+the workload's observation means for the status.
 
 Every trigger (the CR changed, a child changed or vanished, a periodic resync, an operator restart) runs
-this same function, which only ever moves the cluster toward the state the CR describes. It writes only
-what differs: an unchanged, undrifted MoEModel costs reads and no writes.
+the same frame, which only ever moves the cluster toward the state the CR describes.
 """
 
 from __future__ import annotations
 
-import functools
-import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
-
-from kubemoe.api.moemodel import MoEModel
+from kubemoe.api.conditions import ConditionType, Reason
+from kubemoe.api.moemodel import MoEModel, MoEModelSpec, MoEModelStatus
 from kubemoe.catalog.loader import Catalog
 from kubemoe.controller import conditions as cond
 from kubemoe.controller import metrics
-from kubemoe.controller.events import announce_sync, post_event
-from kubemoe.controller.frame import reconcile_object
-from kubemoe.controller.kube import KINDS, KubeClient, kind_of
-from kubemoe.controller.observe import WorkloadState, observe_workload
-from kubemoe.controller.sync import apply_children, prune_children
-from kubemoe.documents import format_validation_error
-from kubemoe.planner import PlanningError, plan_placement
+from kubemoe.controller.events import post_event
+from kubemoe.controller.frame import FRAME_CONDITIONS, FrameContext, Observed, Stop, reconcile_object
+from kubemoe.controller.kube import KINDS, Kind, KubeClient, Reader
+from kubemoe.controller.observe import observe_workload
+from kubemoe.controller.route import GatewayMemo, gateway_endpoint, set_route_condition
+from kubemoe.controller.sync import SyncResult
+from kubemoe.planner import Plan, PlanningError, plan_placement
 from kubemoe.planner.settings import PlannerSettings
 from kubemoe.render import EngineDialectError, model_endpoint, render_moemodel
-from kubemoe.render.meta import COMPONENT_MODEL, MANAGED_BY
+from kubemoe.render.engine import served_model_name
+from kubemoe.render.meta import COMPONENT_MODEL
 from kubemoe.render.meta import selector_string as labels_query
-
-log = logging.getLogger(__name__)
 
 MODEL_KIND = KINDS["MoEModel"]
 OWNED_KINDS = [
     KINDS[k]
     for k in ("Deployment", "LeaderWorkerSet", "Service", "HTTPRoute", "PrometheusRule", "ServiceMonitor")
 ]
-#: Kinds whose CRDs may be missing, and the project that provides them (for the condition message).
-OPTIONAL_APIS = {
-    "LeaderWorkerSet": "LeaderWorkerSet (sigs.k8s.io/lws)",
-    "HTTPRoute": "Gateway API",
-    "PrometheusRule": "prometheus-operator",
-    "ServiceMonitor": "prometheus-operator",
-}
+
+
+#: Plans remembered per spec (the planner is pure, and the catalog and settings are fixed per process): a
+#: resync or a "now Ready" reconcile of an unchanged spec does not search again. Bounded; oldest dropped.
+PLAN_MEMO_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -51,190 +45,160 @@ class ReconcileContext:
     kube: KubeClient
     catalog: Catalog
     planner: PlannerSettings
+    reader: Reader | None = None  # None: read children from the API server
+    gateways: GatewayMemo = field(default_factory=GatewayMemo)
+    #: spec JSON -> its Plan or its PlanningError (see `plan_for`).
+    plans: dict[str, Plan | PlanningError] = field(default_factory=dict)
+
+    def plan_for(self, spec: MoEModelSpec) -> Plan:
+        """`plan_placement` of `spec`, remembered: the same spec gets the same plan (or error) again."""
+        key = spec.model_dump_json()
+        found = self.plans.get(key)
+        if found is None:
+            try:
+                found = plan_placement(spec, self.catalog, self.planner)
+            except PlanningError as exc:
+                found = exc
+            if len(self.plans) >= PLAN_MEMO_SIZE:
+                # Workers plan in threads: another may have dropped the oldest already.
+                self.plans.pop(next(iter(self.plans)), None)
+            self.plans[key] = found
+        if isinstance(found, PlanningError):
+            raise found.with_traceback(None)
+        return found
 
 
 def selector_string(name: str) -> str:
     return labels_query("MoEModel", name, COMPONENT_MODEL)
 
 
-def children_selector(name: str) -> str:
-    return f"{selector_string(name)},app.kubernetes.io/managed-by={MANAGED_BY}"
-
-
-def reconcile_moemodel(ctx: ReconcileContext, namespace: str, name: str) -> str:
-    """Reconcile one MoEModel; returns a short outcome word for metrics and logs."""
-    return reconcile_object(ctx.kube, MODEL_KIND, namespace, name, functools.partial(_reconcile, ctx))
-
-
-def _not_planned(
-    ctx: ReconcileContext,
-    obj: dict[str, Any],
-    conditions: list[dict[str, Any]],
-    generation: int | None,
-    *,
-    reason: str,
-    message: str,
-) -> str:
-    before = cond.condition(conditions, cond.PLANNED)
-    changed = before is None or before.get("reason") != reason or before.get("message") != message
-    cond.set_condition(conditions, cond.PLANNED, False, reason=reason, message=message, generation=generation)
-    kept = (
-        " Existing children, if any, are left as they were."
-        if before and before.get("status") == "True"
-        else ""
-    )
-    cond.set_condition(
-        conditions,
-        cond.READY,
-        False,
-        reason="NotPlanned",
-        message=f"{reason}: {message}{kept}",
-        generation=generation,
-    )
-    if changed:
-        post_event(ctx.kube, obj, reason=reason, message=message, warning=True)
-    return "not-planned"
-
-
-def _reconcile(
-    ctx: ReconcileContext,
-    obj: dict[str, Any],
-    status: dict[str, Any],
-    conditions: list[dict[str, Any]],
-    generation: int | None,
-) -> str:
-    meta = obj["metadata"]
-    name, namespace = meta["name"], meta["namespace"]
-    try:
-        model = MoEModel.model_validate(obj)
-    except ValidationError as exc:
-        return _not_planned(
-            ctx,
-            obj,
-            conditions,
-            generation,
-            reason="InvalidSpec",
-            message=format_validation_error(exc, "spec"),
-        )
-    try:
-        plan = plan_placement(model.spec, ctx.catalog, ctx.planner)
-        objects = render_moemodel(model, plan)
-    except PlanningError as exc:
-        return _not_planned(ctx, obj, conditions, generation, reason=exc.reason.value, message=exc.message)
-    except EngineDialectError as exc:
-        return _not_planned(
-            ctx, obj, conditions, generation, reason="UnsupportedEngineVersion", message=str(exc)
-        )
-
-    missing = sorted({o["kind"] for o in objects if not ctx.kube.has_api(kind_of(o))})
-    if "LeaderWorkerSet" in missing:
-        return _not_planned(
-            ctx,
-            obj,
-            conditions,
-            generation,
-            reason="LeaderWorkerSetMissing",
-            message=f"the plan needs {plan.nodes} nodes per replica, served as a LeaderWorkerSet, but the "
-            "LeaderWorkerSet CRD (leaderworkerset.x-k8s.io/v1) is not installed: install LWS, or allow larger "
-            "instance types so that one node is enough",
-        )
-    summary = plan.summary().model_dump(by_alias=True, mode="json", exclude_none=True)
-    if status.get("plan") != summary:
-        post_event(ctx.kube, obj, reason="Planned", message=plan.reason)
-    status["plan"] = summary
-    cond.set_condition(
-        conditions, cond.PLANNED, True, reason="Planned", message=plan.reason, generation=generation
+@dataclass
+class MoEModelHooks:
+    ctx: ReconcileContext
+    kind: Kind = MODEL_KIND
+    owned_kinds: list[Kind] = field(default_factory=lambda: list(OWNED_KINDS))
+    condition_types: tuple[ConditionType, ...] = (
+        *FRAME_CONDITIONS,
+        ConditionType.ROUTE_ACCEPTED,
     )
 
-    present = [o for o in objects if o["kind"] not in missing]
-    synced = apply_children(ctx.kube, present)
-    keep = {(o["kind"], o["metadata"]["name"]) for o in present}
-    pruned = prune_children(
-        ctx.kube,
-        namespace=namespace,
-        owner_uid=meta["uid"],
-        selector=children_selector(name),
-        kinds=[k for k in OWNED_KINDS if ctx.kube.has_api(k)],
-        keep=keep,
-    )
-    announce_sync(ctx.kube, obj, applied=synced.applied, pruned=pruned)
-    for kind in OWNED_KINDS:
-        metrics.MANAGED_OBJECTS.labels(kind=kind.kind)  # make the series exist
+    def status_type(self) -> type[MoEModelStatus]:
+        return MoEModelStatus
 
-    workload_obj = present[0]
-    live = synced.live[(workload_obj["kind"], workload_obj["metadata"]["name"])]
-    state = observe_workload(ctx.kube, live, namespace=namespace, selector=selector_string(name))
-    _set_workload_conditions(conditions, state, generation, missing)
-    status["endpoint"] = model_endpoint(name, namespace)
-    status["replicas"] = state.replicas
-    status["readyReplicas"] = state.ready_replicas
-    status["selector"] = selector_string(name)
-    return "ready" if state.ready else "progressing"
+    def selector(self, name: str) -> str:
+        return selector_string(name)
 
+    def parse(self, obj: dict[str, Any]) -> MoEModel:
+        return MoEModel.model_validate(obj)
 
-def _set_workload_conditions(
-    conditions: list[dict[str, Any]], state: WorkloadState, generation: int | None, missing: list[str]
-) -> None:
-    cond.set_condition(
-        conditions,
-        cond.AVAILABLE,
-        state.available,
-        reason=state.available_reason,
-        message=state.available_message,
-        generation=generation,
-    )
-    cond.set_condition(
-        conditions,
-        cond.PROGRESSING,
-        not state.rolled_out,
-        reason="RollingOut" if not state.rolled_out else "RolloutComplete",
-        message=state.progress_message,
-        generation=generation,
-    )
-    problems = []
-    if state.unschedulable:
-        problems.append(("Unschedulable", state.unschedulable))
-    if missing:
-        apis = sorted({OPTIONAL_APIS.get(k, k) for k in missing})
-        problems.append(
-            (
-                "OptionalAPIMissing",
-                f"skipped {', '.join(missing)}: the {', '.join(apis)} CRDs are not installed",
+    def render(
+        self, obj: dict[str, Any], model: MoEModel, status: MoEModelStatus, generation: int | None
+    ) -> list[dict[str, Any]]:
+        try:
+            return self._render(obj, model, status, generation)
+        except Stop:  # nothing of this generation is served: no planned cost either
+            metrics.set_plan_cost(model.metadata.namespace, model.metadata.name)
+            raise
+
+    def _render(
+        self, obj: dict[str, Any], model: MoEModel, status: MoEModelStatus, generation: int | None
+    ) -> list[dict[str, Any]]:
+        try:
+            plan = self.ctx.plan_for(model.spec)
+            objects = render_moemodel(model, plan)
+        except PlanningError as exc:
+            raise Stop(exc.reason, exc.message) from exc
+        except EngineDialectError as exc:
+            raise Stop(Reason.UNSUPPORTED_ENGINE_VERSION, str(exc)) from exc
+        if any(o["kind"] == "LeaderWorkerSet" for o in objects) and not self.ctx.kube.has_api(
+            KINDS["LeaderWorkerSet"]
+        ):
+            raise Stop(
+                Reason.LEADER_WORKER_SET_MISSING,
+                f"the plan needs {plan.nodes} nodes per replica, served as a LeaderWorkerSet, but the "
+                "LeaderWorkerSet CRD (leaderworkerset.x-k8s.io/v1) is not installed: install LWS, or allow "
+                "larger instance types so that one node is enough",
             )
+        summary = plan.summary()
+        if status.plan != summary:
+            post_event(self.ctx.kube, obj, reason=Reason.PLANNED.value, message=plan.reason)
+        status.plan = summary
+        metrics.set_plan_cost(
+            model.metadata.namespace,
+            model.metadata.name,
+            served_name=served_model_name(model.spec, model.metadata.name),
+            per_hour=summary.cost_per_hour,
+            per_million_tokens=summary.cost_per_million_tokens,
         )
-    if problems:
         cond.set_condition(
-            conditions,
-            cond.DEGRADED,
+            status.conditions,
+            ConditionType.PLANNED,
             True,
-            reason=problems[0][0],
-            message="; ".join(m for _, m in problems),
+            reason=Reason.PLANNED,
+            message=plan.reason,
             generation=generation,
         )
-    else:
-        cond.set_condition(
-            conditions, cond.DEGRADED, False, reason="AsExpected", message="", generation=generation
+        return objects
+
+    def observe(
+        self,
+        obj: dict[str, Any],
+        model: MoEModel,
+        synced: SyncResult,
+        status: MoEModelStatus,
+        generation: int | None,
+    ) -> Observed:
+        name, namespace = model.metadata.name, model.metadata.namespace
+        workload = next(
+            v for (kind, _), v in synced.live.items() if kind in ("Deployment", "LeaderWorkerSet")
         )
-    if state.ready:
-        cond.set_condition(
-            conditions,
-            cond.READY,
-            True,
-            reason="Ready",
-            message=state.progress_message,
+        state = observe_workload(
+            self.ctx.reader or self.ctx.kube, workload, namespace=namespace, selector=selector_string(name)
+        )
+        status.endpoint = model_endpoint(name, namespace)
+        status.replicas = state.replicas
+        status.ready_replicas = state.ready_replicas
+        status.selector = selector_string(name)
+        accepted = set_route_condition(
+            status.conditions,
+            model.spec.routing,
+            synced.live,
+            route_name=name,
+            namespace=namespace,
+            gateway_api=self.ctx.kube.has_api(KINDS["HTTPRoute"]),
             generation=generation,
         )
-    else:
-        reason = (
-            "Unschedulable"
-            if state.unschedulable
-            else ("ScaledToZero" if state.desired == 0 else "WaitingForPods")
+        status.gateway_endpoint = gateway_endpoint(
+            self.ctx.gateways,
+            self.ctx.reader or self.ctx.kube,
+            model.spec.routing,
+            accepted,
+            namespace=namespace,
+            cr_name=name,
         )
-        cond.set_condition(
-            conditions,
-            cond.READY,
-            False,
-            reason=reason,
-            message=state.unschedulable or state.progress_message,
-            generation=generation,
+        if state.ready:
+            ready_reason, ready_message = Reason.READY, state.progress_message
+        elif state.problems:
+            ready_reason, ready_message = state.problems[0].reason, state.problems[0].message
+        elif state.desired == 0:
+            ready_reason, ready_message = Reason.SCALED_TO_ZERO, state.progress_message
+        else:
+            ready_reason, ready_message = Reason.WAITING_FOR_PODS, state.progress_message
+        return Observed(
+            outcome="ready" if state.ready else "progressing",
+            available=state.available,
+            available_reason=state.available_reason,
+            available_message=state.available_message,
+            rolled_out=state.rolled_out,
+            progress_message=state.progress_message,
+            ready=state.ready,
+            ready_reason=ready_reason,
+            ready_message=ready_message,
+            problems=state.problems,
         )
+
+
+def reconcile_moemodel(ctx: ReconcileContext, namespace: str, name: str, *, attempt: int = 0) -> str:
+    """Reconcile one MoEModel; returns a short outcome word for metrics and logs."""
+    frame = FrameContext(kube=ctx.kube, reader=ctx.reader or ctx.kube)
+    return reconcile_object(frame, MoEModelHooks(ctx), namespace, name, attempt=attempt)

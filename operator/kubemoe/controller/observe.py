@@ -1,11 +1,27 @@
-"""Read a workload (Deployment or LeaderWorkerSet) and its pods into what the status reports."""
+"""Read a workload (Deployment or LeaderWorkerSet) and its pods into what the status reports, and name
+what keeps its pods from running with stable reasons (a classifier in the manner of KAITO's): the
+scheduler cannot place one, its image cannot be pulled, it crash-loops, it was OOM-killed, its container
+cannot be created, it failed, or a LeaderWorkerSet group cannot start as a whole."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
-from kubemoe.controller.kube import KINDS, KubeClient
+from kubemoe.api.conditions import Reason
+from kubemoe.controller.kube import KINDS, Reader
+from kubemoe.render.meta import MANAGED_BY
+
+IMAGE_PULL = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
+CONTAINER_CONFIG = {"CreateContainerConfigError", "CreateContainerError", "RunContainerError"}
+LWS_GROUP_LABEL = "leaderworkerset.sigs.k8s.io/group-index"
+
+
+@dataclass(frozen=True)
+class Problem:
+    reason: Reason
+    message: str
 
 
 @dataclass(frozen=True)
@@ -15,14 +31,17 @@ class WorkloadState:
     ready_replicas: int
     rolled_out: bool
     available: bool
-    available_reason: str
     available_message: str
     progress_message: str
-    unschedulable: str  # the scheduler's message for a pending pod, or ""
+    problems: list[Problem] = field(default_factory=list)  # what keeps pods from running, most urgent first
 
     @property
     def ready(self) -> bool:
         return self.rolled_out and self.available and self.desired > 0 and self.ready_replicas >= self.desired
+
+    @property
+    def available_reason(self) -> Reason:
+        return Reason.MINIMUM_REPLICAS_AVAILABLE if self.available else Reason.NO_REPLICA_READY
 
 
 def _workload_condition(live: dict[str, Any], type_: str) -> dict[str, Any]:
@@ -32,9 +51,7 @@ def _workload_condition(live: dict[str, Any], type_: str) -> dict[str, Any]:
     return {}
 
 
-def observe_workload(
-    kube: KubeClient, live: dict[str, Any], *, namespace: str, selector: str
-) -> WorkloadState:
+def observe_workload(reader: Reader, live: dict[str, Any], *, namespace: str, selector: str) -> WorkloadState:
     spec, st = live.get("spec") or {}, live.get("status") or {}
     desired = int(spec.get("replicas", 1))
     replicas = int(st.get("replicas", 0))
@@ -46,30 +63,129 @@ def observe_workload(
         rolled_out = observed and updated >= desired and replicas == updated and available_replicas >= desired
     else:  # LeaderWorkerSet: one "replica" is a whole group of pods
         rolled_out = updated >= desired and replicas == desired
-    available_cond = _workload_condition(live, "Available")
-    available = available_cond.get("status") == "True" and ready > 0
-    unschedulable = _unschedulable(kube, namespace, selector)
+    available = _workload_condition(live, "Available").get("status") == "True" and ready > 0
+    # managed-by too: every pod we render carries it, and it is what the pod watch (and cache) filters on.
+    pods = reader.list(KINDS["Pod"], namespace, f"{selector},app.kubernetes.io/managed-by={MANAGED_BY}")
     return WorkloadState(
         desired=desired,
         replicas=replicas,
         ready_replicas=ready,
         rolled_out=rolled_out,
         available=available,
-        available_reason="MinimumReplicasAvailable" if available else "NoReplicaReady",
         available_message=f"{ready} of {desired} replica(s) ready",
         progress_message=f"{live['kind']} {live['metadata']['name']}: {updated} updated, {ready} ready of {desired}",
-        unschedulable=unschedulable,
+        problems=classify_pods(pods, groups=live["kind"] == "LeaderWorkerSet"),
     )
 
 
-def _unschedulable(kube: KubeClient, namespace: str, selector: str) -> str:
-    """The scheduler's explanation for the first pending pod it could not place, e.g. too few GPUs."""
-    for pod in kube.list(KINDS["Pod"], namespace, selector):
-        for c in (pod.get("status") or {}).get("conditions") or []:
-            if (
-                c.get("type") == "PodScheduled"
-                and c.get("status") == "False"
-                and c.get("reason") == "Unschedulable"
-            ):
-                return f"pod {pod['metadata']['name']} cannot be scheduled: {c.get('message', '')}".strip()
-    return ""
+def pod_problem(pod: dict[str, Any]) -> Problem | None:
+    """The one most telling reason this pod is not running, or None."""
+    name = pod["metadata"]["name"]
+    st = pod.get("status") or {}
+    for c in st.get("conditions") or []:
+        if (
+            c.get("type") == "PodScheduled"
+            and c.get("status") == "False"
+            and c.get("reason") == "Unschedulable"
+        ):
+            return Problem(
+                Reason.UNSCHEDULABLE, f"pod {name} cannot be scheduled: {c.get('message', '')}".strip()
+            )
+    for cs in [*(st.get("initContainerStatuses") or []), *(st.get("containerStatuses") or [])]:
+        state, last = cs.get("state") or {}, cs.get("lastState") or {}
+        waiting = state.get("waiting") or {}
+        why, what = waiting.get("reason", ""), waiting.get("message", "")
+        container = f"pod {name} container {cs.get('name')}"
+        oom = (last.get("terminated") or {}).get("reason") == "OOMKilled" or (
+            (state.get("terminated") or {}).get("reason") == "OOMKilled"
+        )
+        if why in IMAGE_PULL:
+            return Problem(Reason.IMAGE_PULL_FAILED, f"{container}: {why}: {what}".rstrip(": "))
+        if oom:
+            return Problem(
+                Reason.OOM_KILLED,
+                f"{container} was OOM-killed (restarts: {cs.get('restartCount', 0)}); raise "
+                "spec.resources.limits.memory",
+            )
+        if why == "CrashLoopBackOff":
+            exit_code = (last.get("terminated") or {}).get("exitCode")
+            return Problem(
+                Reason.CRASH_LOOP,
+                f"{container} keeps crashing (exit code {exit_code}, restarts: {cs.get('restartCount', 0)})",
+            )
+        if why in CONTAINER_CONFIG:
+            return Problem(Reason.CONTAINER_CONFIG_ERROR, f"{container}: {why}: {what}".rstrip(": "))
+    if st.get("phase") == "Failed":
+        detail = ": ".join(x for x in (st.get("reason"), st.get("message")) if x)
+        return Problem(Reason.POD_FAILED, f"pod {name} failed{': ' + detail if detail else ''}")
+    return None
+
+
+def pod_change_matters(old: dict[str, Any] | None, new: dict[str, Any] | None) -> bool:
+    """Whether a pod's change (`new` None: deleted; `old` None: not seen before) can change what its
+    owner's status says. Pods count for their problems only (readiness comes from the workload's status),
+    so a healthy pod starting up wakes nobody, while a problem appearing, changing or going away does."""
+    return (pod_problem(old) if old else None) != (pod_problem(new) if new else None)
+
+
+def _workload_view(obj: dict[str, Any]) -> tuple[Any, ...]:
+    """What of a workload the reconcile reads: its spec and metadata (drift, see controller.sync) and the
+    status fields `observe_workload` turns into the owner's status."""
+    meta, st = obj.get("metadata") or {}, obj.get("status") or {}
+    return (
+        obj.get("spec"),
+        meta.get("generation"),
+        meta.get("labels"),
+        meta.get("annotations"),
+        meta.get("ownerReferences"),
+        meta.get("deletionTimestamp"),
+        tuple(st.get(k) for k in ("observedGeneration", "replicas", "readyReplicas", "updatedReplicas")),
+        st.get("availableReplicas"),
+        sorted((str(c.get("type")), str(c.get("status"))) for c in st.get("conditions") or []),
+    )
+
+
+def workload_change_matters(old: dict[str, Any] | None, new: dict[str, Any] | None) -> bool:
+    """Whether a Deployment's or LeaderWorkerSet's change (`new` None: deleted; `old` None: not seen
+    before) can change what its owner does or says. The controllers rewrite a workload's status several
+    times per rollout with new timestamps and messages alone (condition lastUpdateTime, "ReplicaSet ... is
+    progressing"); those wake nobody, while a replica count, a condition's status, the spec or the
+    metadata changing does."""
+    if old is None or new is None:
+        return True
+    return _workload_view(old) != _workload_view(new)
+
+
+def classify_pods(pods: Iterable[dict[str, Any]], *, groups: bool = False) -> list[Problem]:
+    """One problem per reason (the first pod's message, and how many more share it), in the order of
+    `Reason` urgency below; for a LeaderWorkerSet also which groups cannot start as a whole."""
+    by_reason: dict[Reason, list[Problem]] = {}
+    broken_groups: set[str] = set()
+    for pod in sorted(pods, key=lambda p: str(p["metadata"]["name"])):
+        problem = pod_problem(pod)
+        if problem is None:
+            continue
+        by_reason.setdefault(problem.reason, []).append(problem)
+        group = (pod["metadata"].get("labels") or {}).get(LWS_GROUP_LABEL)
+        if groups and group is not None:
+            broken_groups.add(group)
+    out = []
+    for reason in ORDER:
+        found = by_reason.get(reason)
+        if found:
+            more = f" (and {len(found) - 1} more pod(s))" if len(found) > 1 else ""
+            out.append(Problem(reason, found[0].message + more))
+    if broken_groups:
+        listed = ", ".join(sorted(broken_groups, key=lambda g: (len(g), g)))
+        out.append(Problem(Reason.GROUP_FAILED, f"LeaderWorkerSet group(s) {listed} cannot start as a whole"))
+    return out
+
+
+ORDER = [
+    Reason.IMAGE_PULL_FAILED,
+    Reason.CONTAINER_CONFIG_ERROR,
+    Reason.OOM_KILLED,
+    Reason.CRASH_LOOP,
+    Reason.POD_FAILED,
+    Reason.UNSCHEDULABLE,
+]
