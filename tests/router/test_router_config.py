@@ -50,6 +50,7 @@ EXAMPLE: dict[str, Any] = {
         "retryAfterSeconds": 2,
         "upstream": {"poolSize": 16, "connectTimeoutSeconds": 5, "readTimeoutSeconds": 120},
     },
+    "auth": {"enabled": True, "keysDir": "/var/run/kubemoe/client-keys", "requestsPerSecond": 5},
 }
 
 
@@ -91,11 +92,21 @@ def test_config_round_trips_through_the_configmap_form() -> None:
         (["layers", 0, "agents", 0, "url"], "not a url", "url"),
         (["layers", 0, "agents", 0, "systemPrompt"], "{% if %}", "does not parse"),
         (["aggregator", "promptTemplate"], "{{ responsez }}", "undefined"),
+        (["auth"], {"enabled": True}, "keysDir is required"),
+        (["auth"], {}, "enabled"),
     ],
 )
 def test_config_rejects_mistakes(path: list[str | int], value: Any, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         RouterConfig.model_validate(_with(path, value))
+
+
+def test_a_config_without_auth_is_refused() -> None:
+    # Open only where the config says so: a missing `auth` is an error, not an open router.
+    data = _with(["auth"], None)
+    del data["auth"]
+    with pytest.raises(ValidationError, match="auth"):
+        RouterConfig.model_validate(data)
 
 
 @pytest.mark.parametrize(
@@ -143,11 +154,11 @@ def test_from_spec_resolves_every_reference_and_counts_slots() -> None:
         name = ref.moe_model_ref.name
         return ResolvedUpstream(url=f"http://{name}.ns.svc:8000/v1", model=name)
 
-    config = RouterConfig.from_spec("demo", spec, resolve)
+    config = RouterConfig.from_spec("demo", spec, resolve, keys_dir="/keys")
     assert [a.name for a in config.layers[0].agents] == ["a", "b"]
     assert config.layers[1].agents[0].system_prompt == "Refine."
     assert config.aggregator.url == "http://llama.ns.svc:8000/v1"
     assert config.policy.on_agent_error == "fail"
-    layers, aggregator = config.slot_model_keys()
-    llama = "endpoint:http://llama.ns.svc:8000/v1#llama"
-    assert count_slots(layers, aggregator)[llama] == 3
+    # Slots are counted on the spec's references (planner.pipeline does the same).
+    layers = [[a.model_key for a in layer.agents] for layer in spec.layers]
+    assert count_slots(layers, spec.aggregator.model_key) == {"moe:llama": 3, "moe:qwen": 1}

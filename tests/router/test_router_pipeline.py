@@ -14,9 +14,9 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
-from conftest import RouterFactory, make_config
 from moa_stub import Behavior, StubBackend
 from openai.types.chat import ChatCompletionMessageParam
+from router_harness import RouterFactory, make_config
 
 USER: list[dict[str, Any]] = [{"role": "user", "content": "Capital of France?"}]
 USER_PARAM: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Capital of France?"}]
@@ -344,7 +344,9 @@ async def test_streaming_trace_sends_agent_events_before_tokens(
     assert kinds[1:].count("agent") == 4
     assert kinds.count("layer_start") == 2
     assert kinds[-1] == "trace"
-    agent_a = next(e["moa"] for e in events[:-1] if e.get("moa", {}).get("agent") == "a")
+    agent_a = next(
+        e["moa"] for e in events[:-1] if e.get("moa", {}).get("type") == "agent" and e["moa"]["agent"] == "a"
+    )
     assert agent_a["content"] == "A"
     assert agent_a["status"] == "ok"
     assert all(e["choices"] == [] for e in events[:-1] if "moa" in e or "moa_trace" in e)

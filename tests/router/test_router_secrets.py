@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import RouterFactory, make_config
 from moa_stub import Behavior, StubBackend
+from router_harness import RouterFactory, make_config
 from test_router_pipeline import _post
 
 from kubemoe.router.upstream import ApiKey

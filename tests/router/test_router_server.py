@@ -12,8 +12,8 @@ from pathlib import Path
 import aiohttp
 import openai
 import pytest
-from conftest import RouterFactory, make_config
 from moa_stub import Behavior, StubBackend
+from router_harness import RouterFactory, make_config
 
 from kubemoe.router.__main__ import main
 
@@ -238,7 +238,7 @@ async def test_python_m_kubemoe_router_serves_until_sigterm(stub: StubBackend, t
     )
     try:
         async with aiohttp.ClientSession() as http:
-            for _ in range(100):  # up to ~5 s for the interpreter to start
+            for _ in range(600):  # up to ~30 s for the interpreter to start (imports take 13 s under load)
                 try:
                     async with http.get(f"http://127.0.0.1:{port}/readyz") as resp:
                         if resp.status == 200:
@@ -253,3 +253,22 @@ async def test_python_m_kubemoe_router_serves_until_sigterm(stub: StubBackend, t
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), timeout=10) == 0
+
+
+async def test_start_up_objects_are_frozen_out_of_the_gc_and_the_backlog_fits_the_limit() -> None:
+    import gc
+
+    from kubemoe.router import process, server
+
+    before = gc.get_freeze_count()
+    try:
+        await process._freeze_start_up_objects(server.build_app(make_config("http://127.0.0.1:9/v1")))
+        assert gc.get_freeze_count() > before
+    finally:
+        gc.unfreeze()  # a test process must not keep its objects out of the GC
+    config = make_config("http://127.0.0.1:9/v1", limits={"maxConcurrentRequests": 2048})
+    assert process.listen_backlog(config) == 2048
+    assert (
+        process.listen_backlog(make_config("http://127.0.0.1:9/v1", limits={"maxConcurrentRequests": 8}))
+        == 128
+    )

@@ -70,8 +70,8 @@ class CapacityReport:
 def count_slots(layers: Iterable[Sequence[str]], aggregator: str) -> dict[str, int]:
     """Slots per model key: how many calls one pipeline request makes to each model, aggregator included.
 
-    `layers` holds, per layer, the model key of each agent (e.g. `RouterConfig.slot_model_keys()` or
-    `[[a.model_key for a in l.agents] for l in spec.layers]`).
+    `layers` holds, per layer, the model key of each agent (`[[a.model_key for a in l.agents] for l in
+    spec.layers]`, as `planner.pipeline` builds it).
     """
     counts = Counter(key for layer in layers for key in layer)
     counts[aggregator] += 1

@@ -8,7 +8,10 @@ so the handler only has to know this module. The tree::
     ├── RequestError                 400 invalid_request_error
     │   ├── ModelNotFoundError       404 model_not_found
     │   └── PayloadTooLargeError     413 payload_too_large
+    ├── AuthenticationError          401 missing_api_key / invalid_api_key (+ WWW-Authenticate)
+    ├── PermissionDeniedError        403 permission_denied (a revoked key)
     ├── OverloadedError              429 rate_limit_exceeded (+ Retry-After)
+    ├── RequestTimeoutError          504 request_timeout (policy.requestTimeoutSeconds)
     ├── PromptTemplateError          500 prompt_template_error  (names the agent)
     └── PipelineError                502 upstream_error
         ├── AgentError               502 one upstream call failed (names the agent and the cause)
@@ -18,11 +21,13 @@ so the handler only has to know this module. The tree::
         │   └── UpstreamProtocolError 502 the backend's answer is not valid OpenAI JSON/SSE
         └── NoResponsesError         502 a layer ended with no answer at all
 
-Messages never contain API keys: `upstream` redacts them from anything a backend says before it is wrapped.
+Messages never contain API keys: every `AgentError` leaves `upstream` through one boundary that redacts every
+configured key from its cause, before the cause is shortened (so no prefix of a key survives a cut).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 
@@ -76,6 +81,29 @@ class PayloadTooLargeError(RequestError):
     code = "payload_too_large"
 
 
+class AuthenticationError(RouterError):
+    """No client key, or one the router does not know (the message never repeats what was sent)."""
+
+    status = 401
+    error_type = "invalid_request_error"
+    code = "invalid_api_key"
+
+    def __init__(self, message: str, *, code: str) -> None:
+        super().__init__(message)
+        self.code = code  # type: ignore[misc]  # per instance: missing_api_key or invalid_api_key
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="kubemoe"'}
+
+
+class PermissionDeniedError(RouterError):
+    """A known key the pipeline refuses (`auth.revokedKeys`)."""
+
+    status = 403
+    error_type = "permission_error"
+    code = "permission_denied"
+
+
 class OverloadedError(RouterError):
     """More requests in flight than the pipeline sustains; the client should retry later."""
 
@@ -89,6 +117,19 @@ class OverloadedError(RouterError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after_seconds)}
+
+
+class RequestTimeoutError(RouterError):
+    """The whole request outlived `policy.requestTimeoutSeconds`; every upstream call was cancelled."""
+
+    status = 504
+    code = "request_timeout"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            f"the request did not complete within requestTimeoutSeconds ({seconds:g}s); upstream calls were "
+            "cancelled"
+        )
 
 
 class PromptTemplateError(RouterError):
@@ -119,6 +160,20 @@ class AgentError(PipelineError):
         super().__init__(f"agent {agent!r} failed: {cause}")
         self.agent = agent
         self.cause = cause
+
+    def rewrite_cause(self, scrub: Callable[[str], str]) -> AgentError:
+        """Replace the cause (and message) with `scrub(cause)` in place, dropping the exception chain.
+
+        `upstream` calls this once, at its boundary, on every error it raises: the chain is dropped because
+        a foreign exception may carry the raw upstream body (`JSONDecodeError.doc`) that was just redacted.
+        """
+        self.cause = scrub(self.cause)
+        self.message = f"agent {self.agent!r} failed: {self.cause}"
+        self.args = (self.message,)
+        self.__cause__ = None
+        self.__context__ = None
+        self.__suppress_context__ = True
+        return self
 
 
 class UpstreamStatusError(AgentError):

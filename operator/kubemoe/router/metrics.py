@@ -2,14 +2,22 @@
 
 A per-app registry (not prometheus-client's global one) lets tests build many apps in one process and keeps
 `/metrics` limited to what this router exports. Agent label values come from the config (bounded), never from
-requests. The alert rules the operator renders read `kubemoe_router_requests_total` (error rate, by `code`)
+requests. With `--workers N` (prometheus-client's multiprocess mode, `MULTIPROC_ENV`), `/metrics` on any worker
+sums every worker's samples. The alert rules the operator renders read `kubemoe_router_requests_total` (error rate, by `code`)
 and `kubemoe_router_request_duration_seconds` (p95).
 """
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
+
+#: Set (by `router.workers`) when several processes serve one port: samples then go to files in it.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # LLM calls take from a fraction of a second to minutes.
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
@@ -23,6 +31,7 @@ class RouterMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
         self.requests = Counter(
             "kubemoe_router_requests_total",
@@ -45,7 +54,10 @@ class RouterMetrics:
             registry=r,
         )
         self.in_flight = Gauge(
-            "kubemoe_router_requests_in_flight", "Chat completions being served.", registry=r
+            "kubemoe_router_requests_in_flight",
+            "Chat completions being served.",
+            registry=r,
+            multiprocess_mode="livesum",  # with workers: the sum over the live ones
         )
         self.shed = Counter(
             "kubemoe_router_shed_requests_total", "Requests refused before any work.", ["reason"], registry=r
@@ -75,12 +87,34 @@ class RouterMetrics:
             ["layer"],
             registry=r,
         )
+        # `key` is the client key's NAME (a Secret data key, bounded by the Secret), never the key itself.
+        self.client_requests = Counter(
+            "kubemoe_router_client_requests_total",
+            "Chat completion requests by client key name and HTTP status.",
+            ["key", "code"],
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "kubemoe_router_auth_failures_total",
+            "Requests refused by client authentication, by reason.",
+            ["reason"],
+            registry=r,
+        )
         self.layer_deadlines = Counter(
             "kubemoe_router_layer_deadlines_total",
             "Layers that reached their deadline.",
             ["layer"],
             registry=r,
         )
+
+    def child(self, metric: Any, *values: str) -> Any:
+        """`metric.labels(*values)`, cached: prometheus-client's `labels()` takes a lock and builds a tuple
+        on every call, a measurable share of a request's CPU; label values are bounded (config, status codes)."""
+        key = (id(metric), values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
 
     # PipelineObserver
     def agent_finished(
@@ -93,13 +127,13 @@ class RouterMetrics:
         prompt_tokens: int,
         completion_tokens: int,
     ) -> None:
-        self.agent_duration.labels(agent=agent, layer=str(layer)).observe(seconds)
+        self.child(self.agent_duration, agent, str(layer)).observe(seconds)
         if error_reason is not None:
-            self.agent_errors.labels(agent=agent, layer=str(layer), reason=error_reason).inc()
+            self.child(self.agent_errors, agent, str(layer), error_reason).inc()
         if prompt_tokens:
-            self.agent_tokens.labels(agent=agent, kind="prompt").inc(prompt_tokens)
+            self.child(self.agent_tokens, agent, "prompt").inc(prompt_tokens)
         if completion_tokens:
-            self.agent_tokens.labels(agent=agent, kind="completion").inc(completion_tokens)
+            self.child(self.agent_tokens, agent, "completion").inc(completion_tokens)
 
     def quorum_short_circuit(self, *, layer: int) -> None:
         self.quorum_short_circuits.labels(layer=str(layer)).inc()
@@ -108,5 +142,10 @@ class RouterMetrics:
         self.layer_deadlines.labels(layer=str(layer)).inc()
 
     def render(self) -> bytes:
-        """The text exposition of this registry."""
+        """The text exposition of this registry, or with workers, of every worker's samples summed."""
+        directory = os.environ.get(MULTIPROC_ENV)
+        if directory:
+            merged = CollectorRegistry()
+            MultiProcessCollector(merged, path=directory)  # type: ignore[no-untyped-call]
+            return generate_latest(merged)
         return generate_latest(self.registry)

@@ -1,7 +1,8 @@
 """The router's aiohttp app: OpenAI-compatible endpoints, load shedding, probes, metrics and the playground.
 
-Routes: `POST /v1/chat/completions` (JSON or SSE), `GET /v1/models`, `GET /healthz`, `GET /readyz`,
-`GET /metrics`, and the playground at `GET /` (static files, no CDN: clusters may be offline).
+Routes: `POST /v1/chat/completions` (JSON or SSE), `GET /v1/models`, `GET /openapi.json`, `GET /healthz`,
+`GET /readyz`, `GET /metrics`, and the playground at `GET /` (static files, no CDN: clusters may be offline)
+with `GET /v1/playground` and `POST /v1/playground/export` (edited runs: `kubemoe.router.playground`).
 
 Error handling has one boundary: every `RouterError` becomes an OpenAI error body in `_error_middleware`. Once an
 SSE response has started, the status line is already sent, so an error is written as a last
@@ -11,7 +12,7 @@ Streaming without the trace extension sends headers only when the aggregator's f
 failure therefore still gets a real HTTP status. With the trace extension, headers go out at once so that
 agent answers can stream while later layers run.
 
-Client disconnects: the app must run with `handler_cancellation=True` (`run_router` does). aiohttp then
+Client disconnects: the app must run with `handler_cancellation=True` (`process.run_router` does). aiohttp then
 cancels the handler when the connection drops, and the pipeline's `finally` blocks cancel every upstream call.
 """
 
@@ -21,24 +22,37 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import aclosing
+from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 from aiohttp import web
 
-from kubemoe.router.api import ChatRequest, CompletionIds, parse_chat_request, sse
+from kubemoe.router.api import CompletionIds, sse
+from kubemoe.router.auth import ClientKeys
+from kubemoe.router.buckets import Buckets
 from kubemoe.router.config import RouterConfig
 from kubemoe.router.errors import (
     ModelNotFoundError,
     OverloadedError,
     PayloadTooLargeError,
     RequestError,
+    RequestTimeoutError,
     RouterError,
 )
+from kubemoe.router.http1 import HttpClient
 from kubemoe.router.metrics import CONTENT_TYPE, RouterMetrics
-from kubemoe.router.pipeline import ChatBackend, PipelineRun
+from kubemoe.router.pipeline import ChatBackend, PipelineObserver, PipelineRun
+from kubemoe.router.playground import (
+    EditedRunObserver,
+    alone_config,
+    describe,
+    edited_config,
+    export_manifest,
+)
+from kubemoe.router.request import ChatRequest, openapi_document, parse_chat_request
 from kubemoe.router.upstream import HttpBackend, build_session
 
 log = logging.getLogger("kubemoe.router")
@@ -57,12 +71,17 @@ class RouterState:
     """Mutable per-app state (the app itself is frozen once it runs)."""
 
     backend: ChatBackend | None = None
+    #: The shared upstream session (an edited run builds its own HttpBackend over it).
+    session: HttpClient | None = None
     ready: bool = False
     in_flight: int = 0
     started: int = 0
 
 
 CONFIG = web.AppKey("config", RouterConfig)
+KEYS = web.AppKey("keys", ClientKeys)
+#: The authenticated client key's name on a request (absent with auth off).
+KEY_NAME = web.RequestKey("key_name", str)
 METRICS = web.AppKey("metrics", RouterMetrics)
 STATE = web.AppKey("state", RouterState)
 
@@ -94,29 +113,52 @@ async def _error_middleware(request: web.Request, handler: Handler) -> web.Strea
         return _error_response(RouterError("internal router error"))
 
 
+@web.middleware
+async def _auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """`/v1/` needs a client key (when auth is on); probes, metrics, the playground and /openapi.json do not."""
+    if request.path.startswith("/v1/"):
+        try:
+            name = request.app[KEYS].authenticate(request.headers.get("Authorization"))
+        except RouterError as err:
+            reason = err.code or "refused"
+            request.app[METRICS].auth_failures.labels(reason=reason).inc()
+            if err.status != 401:  # 401s are noise under a scan; a known key refused is worth a line
+                log.warning("client refused (%s): %s", reason, err.message)
+            raise
+        if name is not None:
+            request[KEY_NAME] = name
+    return await handler(request)
+
+
 async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     """One shared upstream session for the app's lifetime (created and closed here, nowhere else)."""
     state = app[STATE]
-    async with build_session(app[CONFIG].limits.upstream) as session:
+    async with build_session(app[CONFIG].limits.upstream, app[CONFIG].pool_size) as session:
         state.backend = HttpBackend(session, app[CONFIG])
+        state.session = session
         state.ready = True
         yield
         state.ready = False
         state.backend = None
+        state.session = None
 
 
 async def _not_ready_on_shutdown(app: web.Application) -> None:
     app[STATE].ready = False
 
 
-def build_app(config: RouterConfig, *, metrics: RouterMetrics | None = None) -> web.Application:
-    """The router app for `config`; each app has its own metrics registry."""
+def build_app(
+    config: RouterConfig, *, metrics: RouterMetrics | None = None, buckets: Buckets | None = None
+) -> web.Application:
+    """The router app for `config`; each app has its own metrics registry. `buckets`: the per-key rate
+    limits' buckets (default: this process's own; the workers of a pod share theirs)."""
     app = web.Application(
-        middlewares=[_error_middleware],
+        middlewares=[_error_middleware, _auth_middleware],
         # aiohttp enforces the limit on chunked bodies too; the handler maps its 413 to an OpenAI error.
         client_max_size=config.limits.max_request_body_bytes,
     )
     app[CONFIG] = config
+    app[KEYS] = ClientKeys(config.auth, buckets=buckets)
     app[METRICS] = metrics or RouterMetrics()
     app[STATE] = RouterState(started=int(time.time()))
     app.cleanup_ctx.append(_upstream_ctx)
@@ -124,6 +166,9 @@ def build_app(config: RouterConfig, *, metrics: RouterMetrics | None = None) -> 
     app.router.add_post(CHAT_PATH, handle_chat_completions)
     app.router.add_get("/v1/models", handle_models)
     app.router.add_get("/v1/models/{model}", handle_model)
+    app.router.add_get("/v1/playground", handle_playground_pipeline)
+    app.router.add_post("/v1/playground/export", handle_playground_export)
+    app.router.add_get("/openapi.json", handle_openapi)
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/readyz", handle_readyz)
     app.router.add_get("/metrics", handle_metrics)
@@ -147,11 +192,20 @@ async def handle_model(request: web.Request) -> web.Response:
     return web.json_response(_model_entry(request.app))
 
 
+async def handle_openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document(request.app[CONFIG].name))
+
+
 async def handle_healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
 async def handle_readyz(request: web.Request) -> web.Response:
+    keys = request.app[KEYS]
+    if keys.enabled and not keys.names():
+        # Auth on but no keys (the Secret is missing or empty): every request would get 401.
+        dir_ = request.app[CONFIG].auth.keys_dir
+        return web.json_response({"status": "not ready", "reason": f"no client keys in {dir_}"}, status=503)
     ready = request.app[STATE].ready
     return web.json_response({"status": "ready" if ready else "not ready"}, status=200 if ready else 503)
 
@@ -166,6 +220,17 @@ async def handle_playground(request: web.Request) -> web.FileResponse:
         STATIC_DIR / "index.html",
         headers={"Content-Security-Policy": _PLAYGROUND_CSP, "X-Content-Type-Options": "nosniff"},
     )
+
+
+async def handle_playground_pipeline(request: web.Request) -> web.Response:
+    """The deployed spec's layers and aggregator, its models and limits (403 unless edits are allowed)."""
+    return web.json_response(describe(request.app[CONFIG]))
+
+
+async def handle_playground_export(request: web.Request) -> web.Response:
+    """An edit as a whole MoAPipeline manifest (JSON and YAML), validated like an edited run."""
+    raw = await _read_body(request, request.app[CONFIG].limits.max_request_body_bytes)
+    return web.json_response(export_manifest(request.app[CONFIG], raw))
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
@@ -198,6 +263,7 @@ async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
     state.in_flight += 1
     metrics.in_flight.inc()
     start = time.monotonic()
+    deadline = asyncio.get_running_loop().time() + config.policy.request_timeout_seconds
     stream_label = "unknown"
     code = "500"
     try:
@@ -210,17 +276,39 @@ async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
         stream_label = "true" if req.stream else "false"
         if req.model != config.name:
             raise ModelNotFoundError(f"The model `{req.model}` does not exist.", param="model")
-        if state.backend is None:
+        if state.backend is None or state.session is None:
             raise RouterError("router is not ready")
-        run = PipelineRun(config, state.backend, metrics, req.conversation(), max_tokens=req.token_cap)
-        if req.stream:
-            resp, code = await _stream(
-                request, req, run, metrics, trace=_wants_trace(request, req), start=start
+        trace = _wants_trace(request, req)
+        run_config: RouterConfig = config
+        backend: ChatBackend = state.backend
+        observer: PipelineObserver = metrics
+        if req.moa_pipeline is not None and req.moa_alone is not None:
+            raise RequestError("send moa_pipeline or moa_alone, not both", param="moa_alone")
+        if req.moa_pipeline is not None or req.moa_alone is not None:
+            # A playground edit, or one model alone: 403/400 unless allowed and within bounds.
+            run_config = (
+                edited_config(config, req.moa_pipeline)
+                if req.moa_pipeline is not None
+                else alone_config(config, req.moa_alone)
             )
+            backend = HttpBackend(state.session, run_config)
+            observer = EditedRunObserver(metrics)
+        run = PipelineRun(
+            run_config,
+            backend,
+            observer,
+            req.conversation(),
+            max_tokens=req.token_cap,
+            stream_proposers=trace,
+        )
+        clock = _request_deadline(deadline, config.policy.request_timeout_seconds)
+        if req.stream:
+            resp, code = await _stream(request, req, run, metrics, trace=trace, start=start, clock=clock)
         else:
-            resp = await _complete(req, run, metrics, trace=_wants_trace(request, req), start=start)
+            async with clock:
+                resp = await _complete(req, run, metrics, trace=trace, start=start)
             code = "200"
-        metrics.request_duration.labels(stream=stream_label).observe(time.monotonic() - start)
+        metrics.child(metrics.request_duration, stream_label).observe(time.monotonic() - start)
         return resp
     except RouterError as err:
         code = str(err.status)
@@ -231,7 +319,20 @@ async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
     finally:
         state.in_flight -= 1
         metrics.in_flight.dec()
-        metrics.requests.labels(code=code, stream=stream_label).inc()
+        metrics.child(metrics.requests, code, stream_label).inc()
+        metrics.child(metrics.client_requests, request.get(KEY_NAME) or "-", code).inc()
+
+
+@asynccontextmanager
+async def _request_deadline(deadline: float, seconds: float) -> AsyncIterator[None]:
+    """`policy.requestTimeoutSeconds`: cancels whatever runs inside (and so every upstream call), then 504."""
+    try:
+        async with asyncio.timeout_at(deadline) as clock:
+            yield
+    except TimeoutError as exc:
+        if clock.expired():
+            raise RequestTimeoutError(seconds) from exc
+        raise
 
 
 async def _complete(
@@ -245,13 +346,13 @@ async def _complete(
         async for delta in deltas:
             if delta.content:
                 if not parts:
-                    metrics.time_to_first_token.labels(stream="false").observe(time.monotonic() - start)
+                    metrics.child(metrics.time_to_first_token, "false").observe(time.monotonic() - start)
                 parts.append(delta.content)
             finish = delta.finish_reason or finish
     body = ids.completion(content="".join(parts), finish_reason=finish, usage=run.usage.to_dict())
     if trace:
         body["moa_trace"] = run.trace()
-    return web.json_response(body)
+    return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 
 class _SseWriter:
@@ -293,34 +394,22 @@ async def _stream(
     *,
     trace: bool,
     start: float,
+    clock: AbstractAsyncContextManager[None],
 ) -> tuple[web.StreamResponse, str]:
-    """Serve the pipeline as SSE; returns the response and the status code to count."""
+    """Serve the pipeline as SSE within `clock` (the request deadline); returns the response and the code."""
     out = _SseWriter(request, CompletionIds(req.model))
     if trace:
         await out.start()
         run.on_event = out.event
-    finish: str | None = None
     try:
-        responses = await run.run_layers()
-        first = True
-        async with aclosing(run.stream_answer(responses)) as deltas:
-            async for delta in deltas:
-                if delta.content:
-                    if first:
-                        metrics.time_to_first_token.labels(stream="true").observe(time.monotonic() - start)
-                        first = False
-                    await out.send(out.ids.chunk(delta={"content": delta.content}))
-                finish = delta.finish_reason or finish
-        await out.send(out.ids.chunk(delta={}, finish_reason=finish or "stop"))
-        if req.include_usage:
-            await out.send(out.ids.chunk(usage=run.usage.to_dict()))
-        if trace:
-            await out.send(out.ids.chunk(usage=run.usage.to_dict(), moa_trace=run.trace()))
-        await out.send("[DONE]")
+        async with clock:
+            await _stream_body(req, run, metrics, out, trace=trace, start=start)
     except RouterError as err:
         if out.response is None:
             raise
-        log.warning("stream failed after it started: %s", err.message)
+        log.warning(
+            "stream for key %s failed after it started: %s", request.get(KEY_NAME) or "-", err.message
+        )
         body = err.to_body()
         if trace:
             body["moa_trace"] = run.trace()
@@ -331,16 +420,24 @@ async def _stream(
     return out.response, "200"
 
 
-def run_router(config_path: str | Path, *, host: str = "0.0.0.0", port: int = 8080) -> None:
-    """Load the config and serve until SIGTERM/SIGINT (what `kubemoe router --config FILE` calls)."""
-    config = RouterConfig.from_file(config_path)
-    log.info("serving pipeline %r (%d layers) on %s:%d", config.name, len(config.layers), host, port)
-    web.run_app(
-        build_app(config),
-        host=host,
-        port=port,
-        handler_cancellation=True,
-        # Kubernetes sends SIGTERM after removing the pod from endpoints; let in-flight answers finish.
-        shutdown_timeout=30.0,
-        print=None,
-    )
+async def _stream_body(
+    req: ChatRequest, run: PipelineRun, metrics: RouterMetrics, out: _SseWriter, *, trace: bool, start: float
+) -> None:
+    """The layers, then the aggregator's tokens as chunks, then usage, trace and `[DONE]`."""
+    finish: str | None = None
+    responses = await run.run_layers()
+    first = True
+    async with aclosing(run.stream_answer(responses)) as deltas:
+        async for delta in deltas:
+            if delta.content:
+                if first:
+                    metrics.child(metrics.time_to_first_token, "true").observe(time.monotonic() - start)
+                    first = False
+                await out.send(out.ids.chunk(delta={"content": delta.content}))
+            finish = delta.finish_reason or finish
+    await out.send(out.ids.chunk(delta={}, finish_reason=finish or "stop"))
+    if req.include_usage:
+        await out.send(out.ids.chunk(usage=run.usage.to_dict()))
+    if trace:
+        await out.send(out.ids.chunk(usage=run.usage.to_dict(), moa_trace=run.trace()))
+    await out.send("[DONE]")
