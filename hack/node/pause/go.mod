@@ -1,0 +1,3 @@
+module kubemoe.local/pause
+
+go 1.22
