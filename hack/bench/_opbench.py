@@ -1,0 +1,417 @@
+"""The operator benchmark's parts: the workload (MoEModels and MoAPipelines), the operator process, and
+the timed phases (floor rollout, operator rollout, waits), each returning what it measured.
+
+The floor is what any tool would have to do: server-side apply exactly the objects ``kubemoe render``
+produces, with as many concurrent writers as the operator has workers, then wait until every workload is
+available. The operator run applies only the CRs and waits until every one reports Ready.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from hack.bench._cluster import WRITE_VERBS, Api, count, cpu_seconds, delta, peak_rss_mib, wait_until
+from hack.bench._cpu import Sampler, spent
+
+KUBEMOE = str(Path(sys.executable).parent / "kubemoe")
+MODEL_ID = "allenai/OLMoE-1B-7B-0924"  # one A100 per replica: eight models per fake p4de node
+INSTANCE_TYPE = "p4de.24xlarge"
+CPU_INSTANCE_TYPE = "m7i.8xlarge"  # the fleet's untainted nodes, where router pods go
+#: Resources the operator writes; writes to anything else are not its doing.
+OPERATOR_RESOURCES = frozenset(
+    {
+        "deployments",
+        "services",
+        "configmaps",
+        "httproutes",
+        "prometheusrules",
+        "servicemonitors",
+        "leaderworkersets",
+        "moemodels",
+        "moapipelines",
+    }
+)
+FLOOR_MANAGER = "kubemoe"  # the operator's field manager: the floor's objects are the operator's objects
+BENCH_MANAGER = "kubemoe-bench"
+
+
+# ------------------------------------------------------------------------------------------- workload
+
+
+def model_name(i: int) -> str:
+    return f"m-{i:04d}"
+
+
+def model_docs(namespace: str, n: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "apiVersion": "kubemoe.io/v1alpha1",
+            "kind": "MoEModel",
+            "metadata": {"name": model_name(i), "namespace": namespace},
+            "spec": {
+                "model": {"name": MODEL_ID},
+                "placement": {"instanceTypes": [INSTANCE_TYPE]},
+                "replicas": 1,
+                "routing": {"parentRefs": [{"name": "inference-gateway"}]},
+            },
+        }
+        for i in range(n)
+    ]
+
+
+def pipeline_docs(namespace: str, n_models: int, n_pipelines: int) -> list[dict[str, Any]]:
+    """Two proposers and an aggregator each, over distinct models where there are enough."""
+    docs = []
+    for p in range(n_pipelines):
+        a, b, c = (model_name((3 * p + k) % n_models) for k in range(3))
+        docs.append(
+            {
+                "apiVersion": "kubemoe.io/v1alpha1",
+                "kind": "MoAPipeline",
+                "metadata": {"name": f"p-{p:04d}", "namespace": namespace},
+                "spec": {
+                    "layers": [
+                        {
+                            "agents": [
+                                {"name": "a", "moeModelRef": {"name": a}},
+                                {"name": "b", "moeModelRef": {"name": b}},
+                            ]
+                        }
+                    ],
+                    "aggregator": {"moeModelRef": {"name": c}},
+                },
+            }
+        )
+    return docs
+
+
+def render(docs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Exactly what ``kubemoe render`` prints for ``docs``."""
+    text = "\n---\n".join(json.dumps(d) for d in docs)
+    out = subprocess.run(
+        [KUBEMOE, "render", "-f", "-", "-o", "json"], input=text, capture_output=True, text=True, check=False
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"kubemoe render failed: {out.stderr[-2000:]}")
+    return list(json.loads(out.stdout)["items"])
+
+
+def gpus_requested(objects: Sequence[Mapping[str, Any]]) -> int:
+    total = 0
+    for o in objects:
+        if o["kind"] != "Deployment":
+            continue
+        pod = o["spec"]["template"]["spec"]
+        per_pod = sum(
+            int((c.get("resources") or {}).get("limits", {}).get("nvidia.com/gpu", 0))
+            for c in pod["containers"]
+        )
+        total += per_pod * int(o["spec"].get("replicas", 1))
+    return total
+
+
+# ------------------------------------------------------------------------------------ the operator
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Operator:
+    """One ``kubemoe run`` subprocess (in the benchmark's process group, so a stopped benchmark stops it)."""
+
+    namespace: str
+    resync_s: float
+    env: dict[str, str]
+    log_path: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+
+    def start(self) -> Operator:
+        args = [KUBEMOE, "run", "--standalone", "-n", self.namespace, "--resync-seconds", str(self.resync_s)]
+        args += ["--health-port", str(self.port)]
+        log = self.log_path.open("ab")
+        self.started_at = time.monotonic()
+        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        log.close()
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def http(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=10) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, ""
+        except (urllib.error.URLError, OSError):
+            return 0, ""
+
+    def wait_ready(self, timeout_s: float = 120) -> float:
+        def probe() -> bool:
+            if self.proc is None or self.proc.poll() is not None:
+                tail = self.log_path.read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"operator exited:\n{tail}")
+            return self.http("/readyz")[0] == 200
+
+        wait_until("operator /readyz", probe, timeout_s, every_s=0.2)
+        return time.monotonic() - self.started_at
+
+    def metric(self, name: str, **labels: str) -> float:
+        status, text = self.http("/metrics")
+        if status != 200:
+            raise RuntimeError(f"operator /metrics: {status}")
+        return sum(
+            s.value
+            for fam in text_string_to_metric_families(text)
+            for s in fam.samples
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+        )
+
+    def reconciles(self) -> float:
+        return self.metric("kubemoe_reconcile_total")
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.pid)
+
+    def rss(self) -> float:
+        return peak_rss_mib(self.pid)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=20)
+
+    def restart(self, log_path: Path) -> None:
+        """Stop this process and start a new one with the same settings (a fresh port and log)."""
+        self.stop()
+        self.port, self.log_path = free_port(), log_path
+        self.start()
+
+    def wait_idle(self, min_reconciles: float, timeout_s: float) -> float:
+        """Until it has reconciled at least ``min_reconciles`` times and its queue is empty; seconds since
+        its start."""
+
+        def probe() -> bool:
+            with contextlib.suppress(RuntimeError):
+                return self.reconciles() >= min_reconciles and self.metric("kubemoe_queue_depth") == 0
+            return False
+
+        wait_until("operator idle", probe, timeout_s, every_s=0.2)
+        return time.monotonic() - self.started_at
+
+
+# --------------------------------------------------------------------------------------------- phases
+
+
+@dataclass
+class Rollout:
+    seconds: float = 0.0
+    first_ready_s: float = 0.0
+    requests: dict[tuple[str, str, str], float] = field(default_factory=dict)
+    applied: int = 0  # objects the benchmark itself applied
+    reconciles: float = 0.0
+    self_counted_writes: float = 0.0  # the operator's own kubemoe_api_writes_total
+    cpu_s: float = 0.0
+    peak_rss_mib: float = 0.0
+    #: CPU seconds per process (cluster components, operator, bench) over the rollout (hack.bench._cpu).
+    cpu_by_process: dict[str, float] = field(default_factory=dict)
+
+
+def _condition_true(obj: Mapping[str, Any], type_: str) -> bool:
+    status = obj.get("status") or {}
+    gen = obj["metadata"].get("generation")
+    for c in status.get("conditions") or []:
+        if c.get("type") == type_:
+            return bool(c.get("status") == "True" and status.get("observedGeneration", gen) == gen)
+    return False
+
+
+def deployment_available(d: Mapping[str, Any]) -> bool:
+    st = d.get("status") or {}
+    want = int(d["spec"].get("replicas", 1))
+    return (
+        st.get("observedGeneration", 0) >= d["metadata"].get("generation", 1)
+        and int(st.get("availableReplicas", 0)) >= want
+        and int(st.get("updatedReplicas", 0)) >= want
+    )
+
+
+def deployments_ready(
+    api: Api, namespace: str, names: set[str] | None = None, fresh_from: Mapping[str, str] | None = None
+) -> Callable[[], int]:
+    """Probe: how many Deployments (of ``names``, not the uid in ``fresh_from``) are available."""
+
+    def probe() -> int:
+        n = 0
+        for d in api.list("Deployment", namespace):
+            name = d["metadata"]["name"]
+            if names is not None and name not in names:
+                continue
+            if fresh_from is not None and fresh_from.get(name) == d["metadata"]["uid"]:
+                continue
+            n += deployment_available(d)
+        return n
+
+    return probe
+
+
+def crs_ready(api: Api, namespace: str) -> Callable[[], int]:
+    def probe() -> int:
+        return sum(
+            _condition_true(o, "Ready")
+            for kind in ("MoEModel", "MoAPipeline")
+            for o in api.list(kind, namespace)
+        )
+
+    return probe
+
+
+def timed_until(
+    start: Callable[[], object], probe: Callable[[], int], total: int, *, timeout_s: float, poll_s: float
+) -> tuple[float, float]:
+    """Run ``start`` in a thread from t0 and poll ``probe`` meanwhile; returns (seconds until ``total`` are
+    ready, seconds until the first one was)."""
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            start()
+        except BaseException as exc:
+            errors.append(exc)
+
+    t0 = time.monotonic()
+    worker = threading.Thread(target=target, daemon=True)
+    worker.start()
+    first = 0.0
+    while True:
+        if errors:
+            raise errors[0]
+        ready = probe()
+        now = time.monotonic() - t0
+        if ready and not first:
+            first = now
+        if ready >= total:
+            worker.join(timeout=60)
+            if errors:
+                raise errors[0]
+            return now, first
+        if now > timeout_s:
+            raise TimeoutError(f"only {ready} of {total} ready after {timeout_s:.0f} s")
+        time.sleep(poll_s)
+
+
+def floor_rollout(
+    api: Api,
+    namespace: str,
+    objects: Sequence[Mapping[str, Any]],
+    *,
+    workers: int,
+    timeout_s: float,
+    poll_s: float,
+    cpu_sample: Sampler | None = None,
+) -> Rollout:
+    n_deploy = sum(o["kind"] == "Deployment" for o in objects)
+    before = api.request_counts()
+    cpu0 = cpu_sample() if cpu_sample else {}
+    seconds, first = timed_until(
+        lambda: api.apply_all(objects, FLOOR_MANAGER, workers),
+        deployments_ready(api, namespace),
+        n_deploy,
+        timeout_s=timeout_s,
+        poll_s=poll_s,
+    )
+    return Rollout(
+        seconds=seconds,
+        first_ready_s=first,
+        requests=delta(api.request_counts(), before),
+        applied=len(objects),
+        cpu_by_process=spent(cpu0, cpu_sample()) if cpu_sample else {},
+    )
+
+
+def operator_rollout(
+    api: Api,
+    op: Operator,
+    namespace: str,
+    crs: Sequence[Mapping[str, Any]],
+    *,
+    workers: int,
+    timeout_s: float,
+    poll_s: float,
+    cpu_sample: Sampler | None = None,
+) -> Rollout:
+    before, cpu0, rec0 = api.request_counts(), op.cpu(), op.reconciles()
+    all0 = cpu_sample() if cpu_sample else {}
+    own0 = op.metric("kubemoe_api_writes_total")
+    seconds, first = timed_until(
+        lambda: api.apply_all(crs, BENCH_MANAGER, workers),
+        crs_ready(api, namespace),
+        len(crs),
+        timeout_s=timeout_s,
+        poll_s=poll_s,
+    )
+    return Rollout(
+        seconds=seconds,
+        first_ready_s=first,
+        requests=delta(api.request_counts(), before),
+        applied=len(crs),
+        reconciles=op.reconciles() - rec0,
+        self_counted_writes=op.metric("kubemoe_api_writes_total") - own0,
+        cpu_s=op.cpu() - cpu0,
+        peak_rss_mib=op.rss(),
+        cpu_by_process=spent(all0, cpu_sample()) if cpu_sample else {},
+    )
+
+
+#: The verbs of the operator's writes: server-side apply, merge patches (status, hand-added keys), deletes
+#: (prune), creates (Events). Never PUT: that is how the cluster's own controllers write every status, a
+#: count that differs between two runs of the same objects by timing alone (Deployment status updates).
+OPERATOR_VERBS = WRITE_VERBS - {"PUT"}
+
+
+def writes(
+    requests: Mapping[tuple[str, str, str], float], resources: frozenset[str] = OPERATOR_RESOURCES
+) -> float:
+    return count(requests, OPERATOR_VERBS, resources)
+
+
+def operator_writes(op_run: Rollout, floor_run: Rollout) -> float:
+    """The operator's writes to its kinds during its rollout, from the API server's counters: every write
+    of the operator's verbs there, less the benchmark's own CR applies, less what the cluster's
+    controllers wrote with those verbs to the same kinds in the floor run of the same objects."""
+    controllers = writes(floor_run.requests) - floor_run.applied
+    return writes(op_run.requests) - op_run.applied - controllers
+
+
+def event_writes(op_run: Rollout, floor_run: Rollout) -> float:
+    return count(op_run.requests, WRITE_VERBS, {"events"}) - count(
+        floor_run.requests, WRITE_VERBS, {"events"}
+    )
