@@ -1,8 +1,12 @@
 """`make demo`: the operator on the local control plane, end to end.
 
-Builds or reuses the toolchain and the local cluster, installs the CRDs, starts `kubemoe run`, applies the
-samples (and one MoEModel that cannot fit), waits until they are Ready on the fake nodes while showing
-progress, then prints `kubectl get moe -o wide` and each plan. `make demo-down` cleans up.
+Builds or reuses the toolchain and the local cluster, installs kubemoe with its Helm chart (the operator
+pods run from the image `make image` builds, on the cluster's real node), applies the samples (and one
+MoEModel that cannot fit), waits until they are Ready on the fake nodes while showing progress, then prints
+`kubectl get moe -o wide` and each plan. `make demo-down` cleans up.
+
+On a machine that cannot run containers (KUBEMOE_REAL_NODE=0, or the node did not come up) the operator
+runs as a local `kubemoe run` process instead, and the demo says so.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ SAMPLES = [
 INFEASIBLE = "manifests/demo/mixtral-8x7b-tp2-on-p4d.yaml"
 PIPELINE = "manifests/samples/moa-pipeline.yaml"
 TIMEOUT_S = 180
+CHART = "charts/kubemoe"
+RELEASE_NAMESPACE = "kubemoe-system"
 
 
 def step(text: str) -> None:
@@ -96,6 +102,29 @@ def start_operator(env: dict[str, str]) -> None:
     print(f"operator started (pid {proc.pid}), log {LOG}")
 
 
+def real_node(env: dict[str, str]) -> str | None:
+    """The Ready real node's name, or None (then the operator runs as a local process)."""
+    if os.environ.get("KUBEMOE_REAL_NODE") == "0":
+        return None
+    out = sh("kubectl", "get", "nodes", "-l", "kubemoe.io/node=real", "-o", "json", capture=True, env=env)
+    for node in json.loads(out)["items"]:
+        if conditions(node).get("Ready", {}).get("status") == "True":
+            return str(node["metadata"]["name"])
+    return None
+
+
+def helm_install(env: dict[str, str]) -> None:
+    """The chart, as a user installs it: a restricted namespace, two peered operator pods on the real node."""
+    sh("kubectl", "create", "namespace", RELEASE_NAMESPACE, check=False, capture=True, env=env)
+    sh("kubectl", "label", "--overwrite", "namespace", RELEASE_NAMESPACE,
+       "pod-security.kubernetes.io/enforce=restricted", env=env)  # fmt: skip
+    sh("helm", "upgrade", "--install", "kubemoe", CHART, "-n", RELEASE_NAMESPACE,
+       "--set-string", "nodeSelector.kubemoe\\.io/node=real",
+       "--set-json", 'tolerations=[{"key":"kubemoe.io/node","operator":"Equal","value":"real","effect":"NoSchedule"}]',
+       "--wait", "--timeout", "240s", env=env)  # fmt: skip
+    sh("kubectl", "get", "pods", "-n", RELEASE_NAMESPACE, "-o", "wide", env=env)
+
+
 def conditions(obj: dict) -> dict[str, dict]:
     return {c["type"]: c for c in obj.get("status", {}).get("conditions", [])}
 
@@ -138,11 +167,33 @@ def up() -> None:
     sh(str(ROOT / "hack/cluster"), "up")
     env = cluster_env()
     sh("kubectl", "get", "nodes", "-L", "node.kubernetes.io/instance-type", env=env)
-    step("kubemoe CRDs")
-    sh("kubectl", "apply", "--server-side", "-f", "crds/", env=env)
-    sh("kubectl", "wait", "--for=condition=Established", "crd/moemodels.kubemoe.io", "--timeout=60s", env=env)
-    step("the operator (kubemoe run)")
-    start_operator(env)
+    node = real_node(env)
+    if node is not None:
+        step(
+            f"the operator image (make image: buildah, no Docker daemon), imported into the real node {node}"
+        )
+        sh("make", "image")
+        step("kubemoe with its Helm chart: CRDs, RBAC, two peered operator pods on the real node")
+        helm_install(env)
+    else:
+        step(
+            "NO REAL NODE (KUBEMOE_REAL_NODE=0 or it is not Ready): the operator runs as a local process instead"
+        )
+        sh("kubectl", "apply", "--server-side", "-f", "crds/", env=env)
+        # Polled, not `kubectl wait --for=condition=Established`: that fails at once while a new
+        # CRD's status.conditions is still null.
+        query = 'jsonpath={.status.conditions[?(@.type=="Established")].status}'
+        deadline = time.monotonic() + 60
+        while (
+            sh(
+                "kubectl", "get", "crd/moemodels.kubemoe.io", "-o", query, check=False, capture=True, env=env
+            ).strip()
+            != "True"
+        ):
+            if time.monotonic() > deadline:
+                sys.exit("crd/moemodels.kubemoe.io not Established after 60s")
+            time.sleep(0.5)
+        start_operator(env)
     step(
         "samples: Mixtral-8x7B on p4de, Mixtral-8x22B at 64k on p5, Mixtral on trn2, DeepSeek-V3 on two p5 nodes,"
         " and the guide's Mixtral TP 2 on p4d, which cannot fit"
@@ -187,8 +238,12 @@ def up() -> None:
     step("done")
     print(
         'Explore: eval "$(hack/cluster env)"; kubectl get moe -o wide; kubectl describe moe deepseek-v3\n'
-        f"Operator metrics: curl localhost:{(STATE / 'port').read_text()}/metrics\n"
-        "Clean up: make demo-down   (stops the operator and the local cluster)"
+        + (
+            f"Operator metrics: curl localhost:{(STATE / 'port').read_text()}/metrics\n"
+            if operator_running()
+            else f"Operator logs: kubectl logs -n {RELEASE_NAMESPACE} deploy/kubemoe-operator\n"
+        )
+        + "Clean up: make demo-down   (stops the operator and the local cluster)"
     )
 
 

@@ -1,6 +1,6 @@
 """The MoA router on this machine, against STUB backends: one chat completion through the sample pipeline.
 
-The stubs (tests/router/moa_stub.py) stand in for vLLM servers, which cannot run here (no GPU, no
+The stubs (`kubemoe.testing.stub_backend`, the same the router tests use) stand in for vLLM servers, which cannot run here (no GPU, no
 weights): they answer with canned text after a short, model-specific delay. Everything else is real: the
 pipeline is the sample MoAPipeline resolved by the same code the operator uses, the router is the real
 aiohttp server, and the request goes over a real socket on 127.0.0.1 with the trace extension on.
@@ -9,21 +9,21 @@ aiohttp server, and the request goes over a real socket on 127.0.0.1 with the tr
 from __future__ import annotations
 
 import asyncio
-import sys
+import secrets
+import shutil
+import tempfile
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 
+from kubemoe.api.moapipeline import MoAPipeline
+from kubemoe.documents import load_documents
+from kubemoe.router.config import ResolvedUpstream, RouterConfig
+from kubemoe.router.server import build_app
+from kubemoe.testing.stub_backend import Behavior, StubBackend
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "router"))
-
-from moa_stub import Behavior, StubBackend  # noqa: E402  (test helper, see the module docstring)
-
-from kubemoe.api.moapipeline import MoAPipeline  # noqa: E402
-from kubemoe.documents import load_documents  # noqa: E402
-from kubemoe.router.config import ResolvedUpstream, RouterConfig  # noqa: E402
-from kubemoe.router.server import build_app  # noqa: E402
 
 SAMPLE = ROOT / "manifests" / "samples" / "moa-pipeline.yaml"
 STUB_REPLIES = {
@@ -50,7 +50,11 @@ async def run() -> None:
         model = ref.endpoint.model if ref.endpoint else served[ref.moe_model_ref.name]
         return ResolvedUpstream(url=stub_url, model=model)  # every model answered by the stub
 
-    config = RouterConfig.from_spec(pipeline.metadata.name, pipeline.spec, resolve)
+    # Client auth is on, as in the cluster: one demo key, in a directory laid out like the mounted Secret.
+    keys_dir = Path(tempfile.mkdtemp(prefix="kubemoe-demo-keys-"))
+    demo_key = f"sk-demo-{secrets.token_hex(8)}"
+    (keys_dir / "demo").write_text(demo_key)
+    config = RouterConfig.from_spec(pipeline.metadata.name, pipeline.spec, resolve, keys_dir=str(keys_dir))
     runner = web.AppRunner(build_app(config), handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -64,7 +68,10 @@ async def run() -> None:
                 "messages": [{"role": "user", "content": QUESTION}],
                 "moa_trace": True,
             }
-            async with session.post(f"http://{host}:{port}/v1/chat/completions", json=body) as resp:
+            auth = {"Authorization": f"Bearer {demo_key}"}
+            async with session.post(
+                f"http://{host}:{port}/v1/chat/completions", json=body, headers=auth
+            ) as resp:
                 answer = await resp.json()
         print(f"\nuser: {QUESTION}")
         for layer in answer["moa_trace"]["layers"]:
@@ -84,6 +91,7 @@ async def run() -> None:
     finally:
         await runner.cleanup()
         await stub.close()
+        shutil.rmtree(keys_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

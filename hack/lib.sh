@@ -34,6 +34,18 @@ fi
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
+# The real node's binaries (hack/node): built by `hack/toolchain build` with the rest, into the
+# same bin dir, but not needed by the control plane, so a cluster without the node never waits
+# for them.
+NODE_BINARIES=(kubelet kube-proxy)
+
+node_toolchain_complete() {
+  local b
+  for b in "${NODE_BINARIES[@]}"; do
+    [ -x "$KUBEMOE_BIN_DIR/$b" ] || return 1
+  done
+}
+
 toolchain_complete() {
   local b
   for b in "${TOOLCHAIN_BINARIES[@]}"; do
