@@ -9,7 +9,9 @@
 - it fails closed: a holder that could not renew for `renew_deadline_seconds` (any error: 403, 5xx, no
   answer) stops leading before the Lease can expire for others (renew deadline < lease duration);
 - on a clean exit the holder releases the Lease (holder emptied), so a successor takes over at once rather
-  than after the lease duration.
+  than after the lease duration. Release ends the election for good: it waits for a step in flight (steps
+  run in a worker thread) and no step after it renews, so a renewal cannot race the release (as one did in
+  CI: the step renewed, then the release's PUT got 409 and the Lease kept our name).
 
 Only the leader reconciles; a follower keeps its watches (and caches) warm and takes over within about
 one lease duration after the leader dies.
@@ -18,6 +20,7 @@ one lease duration after the leader dies.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -50,6 +53,9 @@ class LeaderElector:
     _last_renew: float = field(default=0.0)
     #: When the API server last answered us about the Lease (readiness of a follower).
     last_contact: float = field(default=0.0)
+    #: Set by release(): no step may take or renew the Lease afterwards.
+    closed: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
         if not self.retry_seconds < self.renew_deadline_seconds < self.lease_seconds:
@@ -61,6 +67,12 @@ class LeaderElector:
 
     def step(self) -> bool:
         """One try to acquire or renew (call every `retry_seconds`); returns whether we lead now."""
+        with self._lock:
+            if self.closed:
+                return False
+            return self._step()
+
+    def _step(self) -> bool:
         now = time.monotonic()
         try:
             ok = self._try_acquire_or_renew(now)
@@ -141,16 +153,26 @@ class LeaderElector:
         return True
 
     def release(self) -> None:
-        """Give the Lease up on a clean exit, so that a successor need not wait for it to expire."""
-        if not self.leading:
-            return
-        self._set(False)
-        try:
-            lease = self.kube.get(LEASE, self.namespace, self.name)
-            if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.identity:
+        """Give the Lease up on a clean exit, so that a successor need not wait for it to expire; no step
+        takes or renews it afterwards. A 409 (our own renewal or a candidate's write in between) is retried
+        on a fresh read, a few times: a Lease left in our name costs the successor a lease duration."""
+        with self._lock:
+            was_leading, self.closed = self.leading, True
+            self._set(False)
+            if not was_leading:
                 return
-            lease["spec"] = {**lease["spec"], "holderIdentity": "", "leaseDurationSeconds": 1}
-            self.kube.replace(LEASE, self.namespace, self.name, lease)
-            log.warning("released Lease %s/%s", self.namespace, self.name)
-        except KubeError as exc:
-            log.warning("could not release Lease %s/%s: %s", self.namespace, self.name, exc)
+            for attempt in range(3):
+                try:
+                    lease = self.kube.get(LEASE, self.namespace, self.name)
+                    if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.identity:
+                        return  # gone, or already taken by a successor: nothing of ours to give up
+                    lease["spec"] = {**lease["spec"], "holderIdentity": "", "leaseDurationSeconds": 1}
+                    self.kube.replace(LEASE, self.namespace, self.name, lease)
+                    log.warning("released Lease %s/%s", self.namespace, self.name)
+                    return
+                except Conflict as exc:
+                    if attempt == 2:
+                        log.warning("could not release Lease %s/%s: %s", self.namespace, self.name, exc)
+                except KubeError as exc:
+                    log.warning("could not release Lease %s/%s: %s", self.namespace, self.name, exc)
+                    return
