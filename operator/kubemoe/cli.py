@@ -287,7 +287,7 @@ def cmd_catalog(args: argparse.Namespace, catalog: Catalog) -> int:
 def cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
     from kubemoe.controller.config import OperatorConfig
     from kubemoe.controller.logs import configure_logging
-    from kubemoe.controller.runtime import run_operator  # kopf and kubernetes only when running
+    from kubemoe.controller.wiring import run_operator  # kopf and kubernetes only when running
 
     configure_logging(verbose=args.verbose, fmt=args.log_format)
     cfg = OperatorConfig.from_env(  # flags win over the environment (controller.config.ENV)

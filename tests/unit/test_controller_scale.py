@@ -259,11 +259,11 @@ async def test_a_resync_pass_lists_the_owners_only_and_every_fifth_every_cached_
         pipelines=None,  # type: ignore[arg-type]
         cache=cache,
     )
-    await runtime._resync_once(rt, full=True)
+    await runtime.resync_once(rt, full=True)
     assert sorted(server.lists) == sorted(k.kind for k in runtime.CACHED_KINDS)
     assert len(rt.queue) == 3
     server.lists.clear()
-    await runtime._resync_once(rt, full=False)
+    await runtime.resync_once(rt, full=False)
     assert sorted(server.lists) == ["MoAPipeline", "MoEModel"], "children come from the watch alone"
     assert len(rt.queue) == 3, "every owner queued once"
     assert cache.get(KINDS["Deployment"], "ns", "m0") is not None
@@ -364,7 +364,7 @@ def test_kopf_builds_no_diff_base_and_the_registry_refuses_handlers_that_would_n
     import kopf
 
     from kubemoe.controller.config import EventsOnlyDiffBase, OperatorConfig, operator_settings
-    from kubemoe.controller.runtime import check_events_only
+    from kubemoe.controller.wiring import check_events_only
 
     storage = operator_settings(OperatorConfig()).persistence.diffbase_storage
     assert isinstance(storage, EventsOnlyDiffBase)

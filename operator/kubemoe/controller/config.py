@@ -86,7 +86,7 @@ class OperatorConfig:
 class EventsOnlyDiffBase(kopf.AnnotationsDiffBaseStorage):
     """kopf builds the "essence" of every watched body (a deep copy less status and system fields) on every
     watch event, to diff it for on.create/on.update/on.resume handlers and daemons. We have none of those
-    (only kopf.on.event, which never looks at a diff; `runtime.build_registry` refuses any other kind), so
+    (only kopf.on.event, which never looks at a diff; `wiring.build_registry` refuses any other kind), so
     that copy -- a quarter of the operator's CPU during a rollout, children and pods included -- is
     skipped: the essence is empty and nothing is stored or fetched."""
 

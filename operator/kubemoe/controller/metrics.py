@@ -1,4 +1,4 @@
-"""Operator metrics, served on /metrics with the health endpoints (see `controller.runtime`).
+"""Operator metrics, served on /metrics with the health endpoints (see `controller.wiring`).
 
 Alert rules match these names and labels; change them only together with the rules."""
 
