@@ -161,8 +161,8 @@ class Api:
 
     def __init__(self, kubeconfig: Path) -> None:
         self.client: client.ApiClient = config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
-        # Enough connections for the appliers' threads plus the poller.
-        self.client.rest_client.pool_manager.connection_pool_kw["maxsize"] = 8
+        # Enough connections for the appliers' threads, the poller and a watch per kind (hack.bench._watch).
+        self.client.rest_client.pool_manager.connection_pool_kw["maxsize"] = 12
 
     def call(
         self,

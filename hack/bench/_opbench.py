@@ -27,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from hack.bench._cluster import WRITE_VERBS, Api, count, cpu_seconds, delta, peak_rss_mib, wait_until
 from hack.bench._cpu import Sampler, spent
+from hack.bench._watch import ReadyWatch
 
 KUBEMOE = str(Path(sys.executable).parent / "kubemoe")
 MODEL_ID = "allenai/OLMoE-1B-7B-0924"  # one A100 per replica: eight models per fake p4de node
@@ -283,13 +284,15 @@ def deployments_ready(
     return probe
 
 
+def cr_ready(obj: Mapping[str, Any]) -> bool:
+    return _condition_true(obj, "Ready")
+
+
 def crs_ready(api: Api, namespace: str) -> Callable[[], int]:
+    """Probe by LIST (waits outside the timed rollouts; those watch, see ``hack.bench._watch``)."""
+
     def probe() -> int:
-        return sum(
-            _condition_true(o, "Ready")
-            for kind in ("MoEModel", "MoAPipeline")
-            for o in api.list(kind, namespace)
-        )
+        return sum(cr_ready(o) for kind in ("MoEModel", "MoAPipeline") for o in api.list(kind, namespace))
 
     return probe
 
@@ -341,13 +344,14 @@ def floor_rollout(
     n_deploy = sum(o["kind"] == "Deployment" for o in objects)
     before = api.request_counts()
     cpu0 = cpu_sample() if cpu_sample else {}
-    seconds, first = timed_until(
-        lambda: api.apply_all(objects, FLOOR_MANAGER, workers),
-        deployments_ready(api, namespace),
-        n_deploy,
-        timeout_s=timeout_s,
-        poll_s=poll_s,
-    )
+    with ReadyWatch(api, namespace, ["Deployment"], deployment_available) as seen:
+        seconds, first = timed_until(
+            lambda: api.apply_all(objects, FLOOR_MANAGER, workers),
+            seen.count,
+            n_deploy,
+            timeout_s=timeout_s,
+            poll_s=poll_s,
+        )
     return Rollout(
         seconds=seconds,
         first_ready_s=first,
@@ -371,13 +375,14 @@ def operator_rollout(
     before, cpu0, rec0 = api.request_counts(), op.cpu(), op.reconciles()
     all0 = cpu_sample() if cpu_sample else {}
     own0 = op.metric("kubemoe_api_writes_total")
-    seconds, first = timed_until(
-        lambda: api.apply_all(crs, BENCH_MANAGER, workers),
-        crs_ready(api, namespace),
-        len(crs),
-        timeout_s=timeout_s,
-        poll_s=poll_s,
-    )
+    with ReadyWatch(api, namespace, ["MoEModel", "MoAPipeline"], cr_ready) as seen:
+        seconds, first = timed_until(
+            lambda: api.apply_all(crs, BENCH_MANAGER, workers),
+            seen.count,
+            len(crs),
+            timeout_s=timeout_s,
+            poll_s=poll_s,
+        )
     return Rollout(
         seconds=seconds,
         first_ready_s=first,
