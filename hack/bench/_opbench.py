@@ -8,28 +8,19 @@ available. The operator run applies only the CRs and waits until every one repor
 
 from __future__ import annotations
 
-import contextlib
 import json
-import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
-
-from hack.bench._cluster import WRITE_VERBS, Api, count, cpu_seconds, delta, peak_rss_mib, wait_until
+from hack.bench._cluster import WRITE_VERBS, Api, count, delta
 from hack.bench._cpu import Sampler, spent
+from hack.bench._operator_proc import KUBEMOE, Operator
 from hack.bench._watch import ReadyWatch
 
-KUBEMOE = str(Path(sys.executable).parent / "kubemoe")
 MODEL_ID = "allenai/OLMoE-1B-7B-0924"  # one A100 per replica: eight models per fake p4de node
 INSTANCE_TYPE = "p4de.24xlarge"
 CPU_INSTANCE_TYPE = "m7i.8xlarge"  # the fleet's untainted nodes, where router pods go
@@ -124,109 +115,6 @@ def gpus_requested(objects: Sequence[Mapping[str, Any]]) -> int:
         )
         total += per_pod * int(o["spec"].get("replicas", 1))
     return total
-
-
-# ------------------------------------------------------------------------------------ the operator
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Operator:
-    """One ``kubemoe run`` subprocess (in the benchmark's process group, so a stopped benchmark stops it)."""
-
-    namespace: str
-    resync_s: float
-    env: dict[str, str]
-    log_path: Path
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-    started_at: float = 0.0
-
-    def start(self) -> Operator:
-        args = [KUBEMOE, "run", "--standalone", "-n", self.namespace, "--resync-seconds", str(self.resync_s)]
-        args += ["--health-port", str(self.port)]
-        log = self.log_path.open("ab")
-        self.started_at = time.monotonic()
-        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=self.env)
-        log.close()
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def http(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=10) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, ""
-        except (urllib.error.URLError, OSError):
-            return 0, ""
-
-    def wait_ready(self, timeout_s: float = 120) -> float:
-        def probe() -> bool:
-            if self.proc is None or self.proc.poll() is not None:
-                tail = self.log_path.read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"operator exited:\n{tail}")
-            return self.http("/readyz")[0] == 200
-
-        wait_until("operator /readyz", probe, timeout_s, every_s=0.2)
-        return time.monotonic() - self.started_at
-
-    def metric(self, name: str, **labels: str) -> float:
-        status, text = self.http("/metrics")
-        if status != 200:
-            raise RuntimeError(f"operator /metrics: {status}")
-        return sum(
-            s.value
-            for fam in text_string_to_metric_families(text)
-            for s in fam.samples
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
-        )
-
-    def reconciles(self) -> float:
-        return self.metric("kubemoe_reconcile_total")
-
-    def cpu(self) -> float:
-        return cpu_seconds(self.pid)
-
-    def rss(self) -> float:
-        return peak_rss_mib(self.pid)
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=20)
-
-    def restart(self, log_path: Path) -> None:
-        """Stop this process and start a new one with the same settings (a fresh port and log)."""
-        self.stop()
-        self.port, self.log_path = free_port(), log_path
-        self.start()
-
-    def wait_idle(self, min_reconciles: float, timeout_s: float) -> float:
-        """Until it has reconciled at least ``min_reconciles`` times and its queue is empty; seconds since
-        its start."""
-
-        def probe() -> bool:
-            with contextlib.suppress(RuntimeError):
-                return self.reconciles() >= min_reconciles and self.metric("kubemoe_queue_depth") == 0
-            return False
-
-        wait_until("operator idle", probe, timeout_s, every_s=0.2)
-        return time.monotonic() - self.started_at
 
 
 # --------------------------------------------------------------------------------------------- phases

@@ -33,6 +33,7 @@ from hack.bench._cluster import (
     ensure_fleet,
     start_cluster,
 )
+from hack.bench._operator_proc import Operator
 from hack.bench.operator_scale import _cache_root, _install_crds
 from kubemoe.controller.config import OperatorConfig
 
@@ -179,7 +180,7 @@ def main() -> None:
         extra = {"bench": os.getpid()}
         watcher_op = None
         if args.which == "watched":  # an idle operator watching the floor's objects (it owns none of them)
-            watcher_op = ob.Operator(ns, args.resync, cluster.env, Path(f"/tmp/opb-tl-{ns}.log")).start()
+            watcher_op = Operator(ns, args.resync, cluster.env, Path(f"/tmp/opb-tl-{ns}.log")).start()
             watcher_op.wait_ready()
             extra["operator"] = watcher_op.pid
         objects = ob.render(ob.model_docs(ns, n) + ob.pipeline_docs(ns, n, pipes))
@@ -199,7 +200,7 @@ def main() -> None:
         ns = f"tl-op-{stamp}"
         create_namespace(api, ns)
         crs = ob.model_docs(ns, n) + ob.pipeline_docs(ns, n, pipes)
-        op = ob.Operator(ns, args.resync, cluster.env, Path(f"/tmp/opb-tl-{ns}.log")).start()
+        op = Operator(ns, args.resync, cluster.env, Path(f"/tmp/opb-tl-{ns}.log")).start()
         op.wait_ready()
         w = Watcher(api, ns)
         w.start(["Deployment", "MoEModel", "MoAPipeline"])

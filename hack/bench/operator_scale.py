@@ -41,6 +41,7 @@ from hack.bench._cluster import (
     start_cluster,
 )
 from hack.bench._figures import figure, ratio, save_partial
+from hack.bench._operator_proc import Operator
 from hack.bench.common import Context, Figure
 from hack.bench.plotting import line_plot
 from kubemoe.controller.config import OperatorConfig
@@ -82,7 +83,7 @@ def run(ctx: Context) -> list[Figure]:
     t0 = time.monotonic()
     cluster = start_cluster(name, _cache_root())
     api = Api(cluster.kubeconfig)
-    op: ob.Operator | None = None
+    op: Operator | None = None
     namespaces: list[str] = []
     try:
         _install_crds(cluster.env)
@@ -147,13 +148,13 @@ def _install_crds(env: dict[str, str]) -> None:
 
 def _scale(
     ctx: Context, api: Api, plan: Plan, env: dict[str, str], namespaces: list[str]
-) -> tuple[list[Figure], dict[str, Any], ob.Operator, str]:
+) -> tuple[list[Figure], dict[str, Any], Operator, str]:
     figures: list[Figure] = []
     name = env["KUBEMOE_CLUSTER_NAME"]  # whose component processes' CPU is counted
     raw: dict[str, Any] = {"plan": plan.__dict__, "sizes": {}}
     per_model_op: list[float] = []
     per_model_floor: list[float] = []
-    op: ob.Operator | None = None
+    op: Operator | None = None
     ns_op = ""
     for i, n in enumerate(plan.sizes):
         last = i == len(plan.sizes) - 1
@@ -181,7 +182,7 @@ def _scale(
 
         namespaces.append(ns_op)
         create_namespace(api, ns_op)
-        op = ob.Operator(ns_op, plan.resync_s, env, ctx.results_dir / f"operator-{n}.log").start()
+        op = Operator(ns_op, plan.resync_s, env, ctx.results_dir / f"operator-{n}.log").start()
         op.wait_ready()
         print(f"operator: N={n}: operator, {len(crs)} CRs", flush=True)
         rollout = ob.operator_rollout(
@@ -282,7 +283,7 @@ def _scale(
 # -------------------------------------------------------------------------------------- steady state
 
 
-def _steady(api: Api, op: ob.Operator, plan: Plan, raw: dict[str, Any]) -> list[Figure]:
+def _steady(api: Api, op: Operator, plan: Plan, raw: dict[str, Any]) -> list[Figure]:
     n = plan.sizes[-1]
     crs = n + max(1, n // 10)
     # Let the rollout's echoes (child events) settle for a period. No wait for an empty queue: on 2 busy
@@ -322,7 +323,7 @@ def _steady(api: Api, op: ob.Operator, plan: Plan, raw: dict[str, Any]) -> list[
 
 
 def _recovery(
-    api: Api, op: ob.Operator, plan: Plan, raw: dict[str, Any], *, ns: str, ctx: Context
+    api: Api, op: Operator, plan: Plan, raw: dict[str, Any], *, ns: str, ctx: Context
 ) -> list[Figure]:
     n = plan.sizes[-1]
     crs = n + max(1, n // 10)
