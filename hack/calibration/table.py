@@ -28,9 +28,9 @@ import yaml
 
 from kubemoe.api.moemodel import MoEModelSpec
 from kubemoe.catalog.loader import Catalog, load_catalog
+from kubemoe.catalog.schema import InstanceEntry
 from kubemoe.planner import PlannerSettings, plan_placement
 from kubemoe.planner.context import build_context
-from kubemoe.catalog.schema import InstanceEntry
 from kubemoe.planner.layouts import Layout
 from kubemoe.planner.performance import estimate
 from kubemoe.planner.sizing import size_layout

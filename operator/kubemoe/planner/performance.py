@@ -36,7 +36,6 @@ import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from kubemoe.catalog.schema import InstanceEntry
 from kubemoe.planner import memory as mem
 from kubemoe.planner.context import Context, batching
 from kubemoe.planner.layouts import Layout
