@@ -45,12 +45,14 @@ def same_layout(inst: InstanceEntry, row: dict[str, Any]) -> Layout:
     return Layout(inst, row["tp"], 1, row["dp"], row["moeEp"] > 1)
 
 
-def in_top3(plan: Plan, rows: list[dict[str, Any]]) -> bool:
-    """Whether kubemoe's choice is one of aiconfigurator's first three rows (see the module docstring)."""
+def in_top3(plan: Plan, rows: list[dict[str, Any]], *, strict: bool) -> bool:
+    """Whether kubemoe's choice is one of aiconfigurator's first three rows: the same TP x DP (what
+    tests/unit/test_recipe_calibration.py records as kubemoeInTop3), and with `strict` at DP > 1, where
+    kubemoe plans both, the same expert mode too (aiconfigurator's rows here are all MoE EP 1)."""
     for row in rows[:3]:
         if (row["tp"], row["dp"]) != (plan.tensor_parallel_size, plan.data_parallel_size):
             continue
-        if row["dp"] == 1 or plan.expert_parallel == (row["moeEp"] > 1):
+        if not strict or row["dp"] == 1 or plan.expert_parallel == (row["moeEp"] > 1):
             return True
     return False
 
@@ -100,7 +102,7 @@ def same_layout_ratios(entry: dict[str, Any], catalog: Catalog) -> list[float]:
 def rows() -> tuple[list[list[str]], str]:
     catalog = load_catalog(environ={})
     out = []
-    within = total = top3 = 0
+    within = total = top3 = strict = 0
     for entry in entries():
         plan = plan_placement(spec_of(entry), catalog)
         summary = plan.summary()
@@ -108,8 +110,10 @@ def rows() -> tuple[list[list[str]], str]:
         ratios = same_layout_ratios(entry, catalog)
         within += sum(1 for r in ratios if abs(math.log(r)) <= math.log(1 + BAND))
         total += len(ratios)
-        mine = in_top3(plan, entry["rows"])
+        mine = in_top3(plan, entry["rows"], strict=False)
+        exact = in_top3(plan, entry["rows"], strict=True)
         top3 += mine
+        strict += exact
         gpus = summary.accelerators_per_replica
         same = ratios[0] * first["tokensPerSecondPerReplica"]
         out.append(
@@ -122,12 +126,13 @@ def rows() -> tuple[list[list[str]], str]:
                 f"{_aic_layout(first)} ({first['gpusPerReplica']} GPUs)",
                 f"{first['tokensPerSecondPerReplica'] / first['gpusPerReplica']:,.0f}",
                 f"{same / first['gpusPerReplica']:,.0f} ({ratios[0]:.2f})",
-                "yes" if mine else "no",
+                ("yes" if mine else "no") + ("" if exact or not mine else " (EP mode differs)"),
             ]
         )
     note = (
         f"same-layout rows within +-{BAND:.0%}: {within} of {total}; "
-        f"kubemoe's choice in aiconfigurator's top 3: {top3} of {len(out)}"
+        f"kubemoe's choice in aiconfigurator's top 3: {top3} of {len(out)} by TP x DP, {strict} of "
+        f"{len(out)} with the same expert mode"
     )
     return out, note
 
