@@ -161,7 +161,8 @@ def activation_bytes_per_rank(
     logits for `max_num_seqs` rows of the vocabulary. Grows with maxNumBatchedTokens, hiddenSize and the
     MoE intermediate size. `gathered` DP ranks' tokens reach each rank's MoE layers where the experts are
     TP-sharded over the DP group (DP without EP): their gathered hidden states, and the kernel's buffers
-    for them, up to FUSED_MOE_CHUNK_TOKENS at once (never fewer than one rank's own tokens). PyTorch's caching allocator holds freed blocks, so the peak vLLM logs ("PyTorch
+    for them, up to FUSED_MOE_CHUNK_TOKENS at once (never fewer than one rank's own tokens). PyTorch's
+    caching allocator holds freed blocks, so the peak vLLM logs ("PyTorch
     activation peak memory") runs about 1.5x the live tensors: 2.38 GiB logged for an 8B model at 8192
     tokens (kubernetes-sigs/gateway-api-inference-extension#550) against 1.4 GiB of live tensors here.
     """
