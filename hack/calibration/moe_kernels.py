@@ -6,7 +6,7 @@ Run with the aiconfigurator venv (it has pandas and the parquet files; kubemoe i
 
 For every system and weight dtype it prints the median of measured rate / (datasheet peak x shape factor),
 the value accelerators.yaml holds, and how many points fall within +-25 % of the fitted figure. The shape
-factor is the planner's (planner.performance.fused_moe_efficiency, repeated here because this script runs
+factor is the planner's (planner.moe.fused_moe_efficiency, repeated here because this script runs
 outside kubemoe's venv): M / (M + min(M, 64)) x n / (n + 300) for M rows per touched expert and n
 intermediate columns per rank. `--sample` prints the YAML rows of calibration.yaml's `moeKernels`.
 """

@@ -77,6 +77,8 @@ def _spec_from_args(args: argparse.Namespace) -> list[tuple[str, MoEModelSpec]]:
     ):
         if value:
             placement[key] = value
+    if getattr(args, "expert_parallel", None):
+        placement["expertParallel"] = args.expert_parallel == "on"
     from pydantic import ValidationError
 
     try:
@@ -102,6 +104,11 @@ def _plan_table(name: str, plan: Plan) -> str:
         f"{plan.devices_per_node} device(s), {price} per replica",
         f"  engine        {plan.engine}; TP {plan.tensor_parallel_size}, PP {plan.pipeline_parallel_size}, "
         f"DP {plan.data_parallel_size}, EP {plan.expert_parallel_size or 'off'}"
+        + (
+            f", MoE TP {plan.tensor_parallel_size * plan.data_parallel_size}"
+            if "(MoE TP " in plan.layout
+            else ""
+        )
         + (", EPLB" if plan.enable_eplb else ""),
         f"  serving       maxModelLen {plan.max_model_len}, maxNumSeqs {plan.max_num_seqs}, "
         f"maxNumBatchedTokens {plan.max_num_batched_tokens}, KV {plan.kv_cache_dtype}",
@@ -345,6 +352,11 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--tensor-parallel-size", type=int)
     plan.add_argument("--pipeline-parallel-size", type=int)
     plan.add_argument("--data-parallel-size", type=int)
+    plan.add_argument(
+        "--expert-parallel",
+        choices=["on", "off"],
+        help="spec.placement.expertParallel; off with DP: the experts TP-sharded over all TP x DP ranks",
+    )
     plan.add_argument("--kv-cache-dtype", choices=["auto", "fp8"])
     plan.add_argument("--quantization")
     plan.add_argument("--gpu-memory-utilization", type=float)

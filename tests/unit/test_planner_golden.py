@@ -5,13 +5,15 @@ Conventions of the arithmetic comments (the formulas of `planner.memory`, the fi
 * GB = 1e9 bytes, GiB = 2**30 bytes. usable = device MiB x 2**20 x gpuMemoryUtilization (0.90 default);
   a NeuronCore owns its chip's HBM / coresPerDevice (Trn2: 96 GiB / 4 = 24 GiB; Trn1/Inf2: 32 / 2 = 16 GiB).
 * experts (B params) = MoE layers x E x 3 x hidden x moeIntermediate; others = total - experts.
-  weights/rank = (experts x bpp / EP + others x bpp / TP) / PP; EP = TP x DP when on (MoE and TP x DP > 1).
+  weights/rank = (experts x bpp / (TP x DP) + others x bpp / TP) / PP: experts split over all TP x DP ranks,
+  whole under EP (on by default for MoE and TP x DP > 1), TP-sliced without it (vLLM's MoE TP = DP x TP).
 * KV/token/layer = 2 x max(1, kvHeads // TP) x headDim x bytes (MLA: (512 + 64) x bytes on every rank);
   one sequence = that x (full layers x len + windowed layers x min(len, window)) / PP.
 * overhead/GPU = 0.3 context + 0.5 CUDA graphs (+1.0 NCCL when ranks > 1); 1.0 GiB per NeuronCore.
-* activation = 1.5 x tokens x 2 x (4 x hidden + k x (3 x inter / EP + hidden)) + seqs x vocab x 4, with
+* activation = 1.5 x tokens x 2 x (4 x hidden + k x (3 x inter / EP + hidden)) + seqs x vocab x 4 (DP without
+  EP: the MoE term for the DP ranks' gathered tokens, see the MoE TP cases), with
   (tokens, seqs) = (2048, 256) on A100/A10G/L40S/Neuron, (8192, 1024) on H100/H200, (16384, 1024) on B200.
-  It is under 3 GiB everywhere below, so it is quoted rounded.
+  It is under 3 GiB in the other cases below, so it is quoted rounded.
 * concurrent sequences = floor((usable - weights - activation - overhead) / KV of one sequence).
 * cost = $/h of the node x devices used / devices of the node (x nodes).
 
@@ -153,6 +155,59 @@ GOLDEN = [
         # and dense weights and 653.91 / 16 = 40.87 GB of experts: 57.96 GB = 53.98 GiB. MLA KV: one latent of
         # 512 + 64 = 576 x 2 B per layer on every rank: 61 x 1152 = 70272 B/token/rank.
         id="deepseek-v3-on-p5-spans-two-nodes-as-dp16-ep16-because-61-layers-allow-no-even-pipeline",
+    ),
+    pytest.param(
+        MIXTRAL_8X7B,
+        {},
+        {"instanceTypes": ["p5.48xlarge"], "dataParallelSize": 8, "expertParallel": False},
+        its(
+            instance="p5.48xlarge",
+            tp=1,
+            pp=1,
+            dp=8,
+            ep=0,
+            nodes=1,
+            devices=8,
+            seqs=104,
+            kv_token=131072,
+            weights_gib=13.49,
+            activation_gib=2.02,
+            expert_parallel=False,
+        ),
+        # DP 8 without --enable-expert-parallel: vLLM shards every expert tensor-parallel over all 8 ranks
+        # (MoE TP = DP x TP = 8). Experts 45.10B x 2 B = 90.19 GB / 8 = 11.27 GB; the others 1.60B x 2 =
+        # 3.21 GB whole on each DP rank (TP 1): 14.48 GB = 13.49 GiB, the same as DP 8 + EP 8.
+        # Activation: each rank's MoE layers run all 8 DP ranks' 8192 tokens, gathered, capped at the
+        # fused-MoE chunk of 16384: 1.5 x 2 x (8192 x 4 x 4096 + 16384 x 2 x (3 x 14336 / 8 + 4096) +
+        # 8192 x 7 x 4096) = 2.04 GB, + 1024 x 32000 x 4 logits = 2.17 GB = 2.02 GiB (EP: 0.93 GiB).
+        # KV per rank: 32 x 2 x 8 x 128 x 2 = 131072 B/token, 4 GiB per 32768-token sequence;
+        # 71.68 - 13.49 - 2.02 - 1.8 = 54.38 GiB -> 13 per DP rank x 8 = 104.
+        id="mixtral-8x7b-dp8-without-ep-holds-experts-as-moe-tp8-slices",
+    ),
+    pytest.param(
+        DEEPSEEK_V3,
+        {},
+        {"instanceTypes": ["p5en.48xlarge"], "dataParallelSize": 8, "expertParallel": False},
+        its(
+            instance="p5en.48xlarge",
+            tp=1,
+            pp=1,
+            dp=8,
+            ep=0,
+            nodes=1,
+            devices=8,
+            seqs=96,
+            kv_token=70272,
+            weights_gib=92.04,
+            activation_gib=5.2,
+            expert_parallel=False,
+        ),
+        # DeepSeek-V3 FP8: others 17.09 GB on every DP rank + experts 653.91 / 8 = 81.74 GB = 98.83 GB =
+        # 92.04 GiB (as with EP 8). Activation with the gathered tokens: 1.5 x 2 x (8192 x 4 x 7168 +
+        # 16384 x 8 x (3 x 2048 / 8 + 7168) + 8192 x 7 x 7168) = 5.06 GB + 1024 x 129280 x 4 = 0.53 GB
+        # -> 5.20 GiB (EP: 2.60). 126.36 - 92.04 - 5.20 - 1.8 = 27.31 GiB over 2.14 GiB per 32k sequence
+        # (61 x 1152 B x 32768) -> 12 per DP rank x 8 = 96, where DP 8 + EP 8 holds 13 x 8 = 104.
+        id="deepseek-v3-dp8-moe-tp8-holds-fewer-sequences-than-ep8-for-its-gathered-activations",
     ),
     pytest.param(
         DEEPSEEK_V3,
@@ -453,6 +508,8 @@ def test_golden_memory_of_the_smallest_fitting_layout(
         assert plan.kv_bytes_per_token_per_rank == pytest.approx(expected["kv_token"])
     if "weights_gib" in expected:
         assert plan.memory.weights_gib == pytest.approx(expected["weights_gib"], abs=0.01)
+    if "activation_gib" in expected:
+        assert plan.memory.activation_gib == pytest.approx(expected["activation_gib"], abs=0.01)
     if "weights_total_gb" in expected:
         assert plan.weights_total_gb == pytest.approx(expected["weights_total_gb"], abs=0.01)
     if "cost" in expected:

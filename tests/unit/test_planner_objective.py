@@ -118,15 +118,22 @@ def test_mixtral_8x7b_default_is_no_longer_inf2(catalog: Catalog) -> None:
 def test_deepseek_v3_fp8_is_not_planned_on_a100_by_default(catalog: Catalog) -> None:
     plan = plan_placement(spec("deepseek-ai/DeepSeek-V3"), catalog)
     assert not plan.accelerator_model.startswith("A100")
-    # On A100 only, at the default 50 ms TPOT no layout holds 16 sequences: the BF16 weights span three or
-    # more nodes, and every step's expert all-to-all (decode tokens and the prompts mixed into the step)
-    # crosses the nodes' 400 Gbps EFA.
-    with pytest.raises(PlanningError) as info:
-        plan_placement(
-            spec("deepseek-ai/DeepSeek-V3", placement={"instanceTypes": ["p4de.24xlarge"]}), catalog
-        )
-    assert info.value.reason == PlanReason.SLO_UNREACHABLE
-    assert "p4de.24xlarge x " in info.value.message
+    # On A100 only, at the default 50 ms TPOT, the BF16 weights (1342 GB) span three or more nodes and every
+    # step's expert messages cross the nodes' 400 Gbps EFA. With EP no layout holds 16 sequences (TP 8 x DP 4
+    # + EP 32: 8): each rank dispatches its DP rank's tokens to k = 8 experts, 31/32 of them remote. Only the
+    # experts TP-sharded over all 32 ranks (TP 8 x DP 4, MoE TP 32, four nodes) reach the useful minimum, just:
+    # its all-gather sends each token to the 3 other DP ranks once, not to 8 experts, so the step's network
+    # time is 3/8 of EP's at the same bytes per token.
+    only_a100 = plan_placement(
+        spec("deepseek-ai/DeepSeek-V3", placement={"instanceTypes": ["p4de.24xlarge"]}), catalog
+    )
+    assert only_a100.layout == "TP 8 x DP 4 (MoE TP 32) on p4de.24xlarge x 4 nodes"
+    assert not only_a100.expert_parallel
+    assert only_a100.batch_size == 16  # the minimum: a fragile plan an expert would not pick over H100/H200
+    assert only_a100.time_per_output_token_ms <= 50
+    ep_alternatives = [a for a in only_a100.alternatives if a.expert_parallel]
+    assert ep_alternatives
+    assert not any(a.feasible for a in ep_alternatives)
     # With a slower TPOT it is planned at its BF16 cost (1342 GB) and says so.
     a100 = plan_placement(
         spec(

@@ -85,14 +85,26 @@ def weight_split(req: Request, inst: InstanceEntry) -> mem.WeightSplit:
     return mem.weight_split(req.arch, req.quantization)
 
 
-def sequences(req: Request, inst: InstanceEntry, tp: int, pp: int, dp: int = 1) -> int:
-    """Full-length sequences one replica holds at this layout (0: it does not fit)."""
-    ep = req.arch.is_moe and tp * dp > 1
-    split = tp * dp if ep else tp
+def sequences(
+    req: Request, inst: InstanceEntry, tp: int, pp: int, dp: int = 1, ep: bool | None = None
+) -> int:
+    """Full-length sequences one replica holds at this layout (0: it does not fit). `ep`: expert
+    parallelism, by default on for MoE models over more than one rank. Either way the experts split over
+    all TP x DP ranks (vLLM's EP size, or its MoE TP size without EP); without EP at DP > 1 each rank's MoE
+    layers also run the other DP ranks' gathered tokens."""
+    if ep is None:
+        ep = req.arch.is_moe and tp * dp > 1
+    split = tp * dp
     weights = mem.weights_per_rank(weight_split(req, inst), tp=tp, pp=pp, expert_split=split)
     tokens, seqs = batching(inst)
     act = mem.activation_bytes_per_rank(
-        req.arch, batched_tokens=tokens, max_num_seqs=seqs, tp=tp, expert_split=split, dtype_bytes=2
+        req.arch,
+        batched_tokens=tokens,
+        max_num_seqs=seqs,
+        tp=tp,
+        expert_split=split,
+        dtype_bytes=2,
+        gathered=1 if ep else dp,
     )
     usable = inst.memory_per_device_mib / inst.cores_per_device * 1024**2 * req.utilization
     left = usable - weights - act - overhead(inst, tp * pp * dp)
@@ -217,7 +229,7 @@ def check_plan(g: dict[str, Any], plan: Plan) -> None:
     assert plan.instance_type in names
     # Fits: weights + activations + overhead + one full sequence of KV within usable memory.
     assert sequences(req, inst, tp, pp, dp) >= 1
-    assert plan.concurrent_sequences == sequences(req, inst, tp, pp, dp) >= 1
+    assert plan.concurrent_sequences == sequences(req, inst, tp, pp, dp, plan.expert_parallel) >= 1
     # The SLO and the performance model: a useful batch within the latency target and the KV cache.
     slo = MoEModelSpec.model_validate({"model": {"name": g["model"]}}).serving.slo
     assert plan.time_per_output_token_ms <= slo.time_per_output_token_ms
@@ -241,7 +253,11 @@ def check_plan(g: dict[str, Any], plan: Plan) -> None:
         )
     assert plan.devices_per_node == math.ceil(plan.ranks_per_node / inst.cores_per_device)
     assert plan.devices_per_node <= inst.devices_per_node
-    assert plan.expert_parallel == (arch.is_moe and tp * dp > 1)
+    if dp > 1:
+        # DP + EP, or DP with the experts TP-sharded over all TP x DP ranks (MoE TP): the objective chose.
+        assert arch.is_moe
+    else:
+        assert plan.expert_parallel == (arch.is_moe and tp > 1)
     assert plan.expert_parallel_size == (tp * dp if plan.expert_parallel else 0)
     assert plan.engine == ("vllm" if inst.accelerator_kind == "gpu" else "neuronx")
     assert plan.max_model_len == req.max_model_len
@@ -251,7 +267,10 @@ def check_plan(g: dict[str, Any], plan: Plan) -> None:
         a_inst = CATALOG.instances[alt.instance_type]
         at, ap, ad = alt.tensor_parallel_size, alt.pipeline_parallel_size, alt.data_parallel_size
         assert alt.instance_type in names
-        fit = structurally_valid(arch, a_inst, at, ap, ad) and sequences(req, a_inst, at, ap, ad) >= 1
+        fit = (
+            structurally_valid(arch, a_inst, at, ap, ad)
+            and sequences(req, a_inst, at, ap, ad, alt.expert_parallel) >= 1
+        )
         if alt.feasible:
             assert fit, alt
         elif fit:
@@ -294,7 +313,8 @@ def check_error(g: dict[str, Any], err: PlanningError) -> None:
     # Brute force over the documented search space: nothing fits.
     for inst in instances:
         for tp, pp, dp in searched_layouts(req.arch, inst):
-            assert sequences(req, inst, tp, pp, dp) == 0, (inst.name, tp, pp, dp, err.message)
+            for ep in [True, False] if dp > 1 and req.arch.is_moe else [None]:
+                assert sequences(req, inst, tp, pp, dp, ep) == 0, (inst.name, tp, pp, dp, ep, err.message)
 
 
 @settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -393,7 +413,7 @@ def test_an_error_is_raised_only_when_no_layout_of_any_pipeline_shape_fits(model
     assert plan.max_model_len == 4096
     tp, pp, dp = plan.tensor_parallel_size, plan.pipeline_parallel_size, plan.data_parallel_size
     assert structurally_valid(req_plan.arch, inst, tp, pp, dp)
-    assert plan.concurrent_sequences == sequences(req_plan, inst, tp, pp, dp) >= 1
+    assert plan.concurrent_sequences == sequences(req_plan, inst, tp, pp, dp, plan.expert_parallel) >= 1
     assert plan.nodes == nodes_of(inst, tp, pp, dp)
 
 

@@ -17,17 +17,12 @@ import yaml
 
 from kubemoe.api.moemodel import MoEModelSpec
 from kubemoe.catalog.loader import load_catalog
+from kubemoe.catalog.schema import InstanceEntry
 from kubemoe.planner import PlannerSettings, plan_placement
 from kubemoe.planner.context import build_context
-from kubemoe.planner.layouts import Layout, expert_parallel
-from kubemoe.planner.performance import (
-    estimate,
-    fused_moe_efficiency,
-    moe_gemm_efficiency,
-    operating_point,
-    prefill_seconds,
-    rates,
-)
+from kubemoe.planner.layouts import Layout
+from kubemoe.planner.moe import fused_moe_efficiency, moe_gemm_efficiency
+from kubemoe.planner.performance import estimate, operating_point, prefill_seconds, rates
 from kubemoe.planner.sizing import size_layout
 
 CATALOG = load_catalog()
@@ -103,6 +98,14 @@ def _spec(entry: dict[str, Any]) -> MoEModelSpec:
     )
 
 
+def aic_layout(inst: InstanceEntry, row: dict[str, Any]) -> Layout:
+    """aiconfigurator's row as the same kubemoe layout: its vLLM rows with MoE EP 1 are vLLM without
+    --enable-expert-parallel, the experts TP-sharded over all TP x DP ranks (moeTp = TP x DP), which kubemoe
+    plans as `DP n (MoE TP n)` (or plain TP at DP 1)."""
+    assert row["moeTp"] * row["moeEp"] == row["tp"] * row["dp"], row
+    return Layout(inst, row["tp"], 1, row["dp"], row["moeEp"] > 1)
+
+
 def test_the_calibration_covers_every_system_aiconfigurator_shares_with_the_catalog() -> None:
     assert len(CALIBRATION) >= 13
     assert {e["instanceType"] for e in CALIBRATION} == {"p5.48xlarge", "p5en.48xlarge", "p6-b200.48xlarge"}
@@ -117,7 +120,7 @@ def test_same_layout_throughput_is_within_the_recorded_band_of_aiconfigurator(en
     ctx = build_context(spec, CATALOG, settings)
     inst = CATALOG.instances[entry["instanceType"]]
     for row in entry["rows"]:
-        layout = Layout(inst, row["tp"], 1, row["dp"], expert_parallel(ctx, row["tp"], row["dp"]))
+        layout = aic_layout(inst, row)
         est = estimate(ctx, layout, size_layout(ctx, layout), ctx.split_for(inst), ctx.fp8_compute(inst))
         ratio = est.tokens_per_second / row["tokensPerSecondPerReplica"]
         assert abs(math.log(ratio)) <= math.log(1 + entry["tolerance"]), (row, ratio)
@@ -203,7 +206,7 @@ def test_the_aiconfigurator_bands_are_as_tight_as_the_deviations() -> None:
         inst = CATALOG.instances[entry["instanceType"]]
         worst = 0.0
         for row in entry["rows"]:
-            layout = Layout(inst, row["tp"], 1, row["dp"], expert_parallel(ctx, row["tp"], row["dp"]))
+            layout = aic_layout(inst, row)
             est = estimate(ctx, layout, size_layout(ctx, layout), ctx.split_for(inst), ctx.fp8_compute(inst))
             worst = max(worst, abs(math.log(est.tokens_per_second / row["tokensPerSecondPerReplica"])))
         deviation = math.exp(worst) - 1

@@ -188,6 +188,56 @@ def test_multi_node_dp_renders_headless_followers_without_ray() -> None:
     assert '"$LWS_LEADER_ADDRESS"' in worker[2]
 
 
+def test_dp_without_expert_parallel_renders_data_parallel_flags_and_no_expert_parallel() -> None:
+    """`expertParallel: false` with DP 8: vLLM's DP attention with the experts TP-sharded over all 8 ranks
+    (MoE TP 8), i.e. `--data-parallel-size=8 --tensor-parallel-size=1` and no `--enable-expert-parallel`."""
+    objs = _render(
+        {
+            "model": {"name": "mistralai/Mixtral-8x7B-Instruct-v0.1"},
+            "placement": {"instanceTypes": ["p5.48xlarge"], "dataParallelSize": 8, "expertParallel": False},
+        }
+    )
+    command = _container(objs)["command"]
+    assert command[:2] == ["vllm", "serve"]
+    assert "--tensor-parallel-size=1" in command
+    assert "--data-parallel-size=8" in command
+    assert "--enable-expert-parallel" not in command
+    assert "--enable-eplb" not in command
+    assert not any(a.startswith("--data-parallel-size-local") for a in command)  # one node: no local size
+    assert _container(objs)["resources"]["limits"]["nvidia.com/gpu"] == "8"
+
+
+def test_multi_node_dp_without_expert_parallel_keeps_the_multi_node_dp_flags() -> None:
+    """DP 16 (MoE TP 16) over two H100 nodes: the same leader/headless-follower DP flags as DP + EP, but no
+    --enable-expert-parallel and so no --enable-eplb (EPLB balances whole experts between EP ranks)."""
+    objs = _render(
+        {
+            "model": {"name": "deepseek-ai/DeepSeek-V3"},
+            "placement": {
+                "instanceTypes": ["p5.48xlarge"],
+                "tensorParallelSize": 1,
+                "dataParallelSize": 16,
+                "expertParallel": False,
+            },
+        }
+    )
+    template = objs["LeaderWorkerSet"]["spec"]["leaderWorkerTemplate"]
+    assert template["size"] == 2
+    leader = template["leaderTemplate"]["spec"]["containers"][0]["command"]
+    worker = template["workerTemplate"]["spec"]["containers"][0]["command"]
+    for flag in (
+        "--data-parallel-size=16",
+        "--data-parallel-size-local=8",
+        "--data-parallel-address=$(LWS_LEADER_ADDRESS)",
+        "--data-parallel-rpc-port=29550",
+    ):
+        assert flag in leader
+    assert "--enable-expert-parallel" not in leader
+    assert "--enable-eplb" not in leader
+    assert "--headless" in worker[2]
+    assert "--enable-expert-parallel" not in worker[2]
+
+
 def test_a_target_sets_the_replicas_when_spec_replicas_is_unset() -> None:
     target = {"serving": {"target": {"requestsPerSecond": 50}}}
     plan = plan_placement(_model({**MIXTRAL, **target}).spec, load_catalog())

@@ -406,11 +406,13 @@ class Placement(KubeModel):
         default=None,
         ge=1,
         le=64,
-        description="Data-parallel size inside one replica (with expert parallelism).",
+        description="Data-parallel attention ranks inside one replica (MoE on GPUs): with expert parallelism, "
+        "or with expertParallel false the experts tensor-parallel over all TP x DP ranks.",
     )
     expert_parallel: bool | None = Field(
         default=None,
-        description="Expert parallelism. Default: on for MoE models when tensorParallelSize x dataParallelSize > 1.",
+        description="Expert parallelism (--enable-expert-parallel). Default: the planner tries both at DP > 1 "
+        "(false: experts TP-sharded over all TP x DP ranks) and turns it on for TP alone on MoE models.",
     )
     node_selector: NodeSelector = Field(
         default_factory=dict,

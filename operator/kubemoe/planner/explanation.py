@@ -27,6 +27,7 @@ def alternative(ctx: Context, c: Candidate, reason: str) -> Alternative:
         tensor_parallel_size=c.layout.tp,
         pipeline_parallel_size=c.layout.pp,
         data_parallel_size=c.layout.dp,
+        expert_parallel=c.layout.expert_parallel,
         feasible=c.feasible,
         cost_per_hour=c.layout.cost_per_hour(),
         accelerators=c.layout.devices,
@@ -190,9 +191,15 @@ def notes_for(ctx: Context, layout: Layout) -> list[str]:
         notes.append(
             f"{inst.accelerator_model} has no FP8 compute: vLLM runs FP8 weights weight-only (Marlin)"
         )
-    if layout.dp > 1 and layout.expert_parallel:
+    if layout.dp > 1:
         notes.append(
             "DP attention: each DP rank keeps its own sequences and KV cache; --max-num-seqs applies per DP rank"
+        )
+    if layout.dp > 1 and not layout.expert_parallel and ctx.arch.is_moe:
+        notes.append(
+            f"MoE TP {layout.expert_split}: without --enable-expert-parallel vLLM shards every expert "
+            f"tensor-parallel over all {layout.expert_split} ranks; each MoE layer all-gathers the DP ranks' "
+            "tokens and reduce-scatters the results"
         )
     if ctx.spec.serving.target is not None and ctx.spec.replicas is not None:
         notes.append("spec.replicas is set, so it is kept; the target's replica count is only reported")

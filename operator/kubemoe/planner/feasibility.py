@@ -81,12 +81,12 @@ def candidates(ctx: Context, instances: list[InstanceEntry]) -> list[Candidate]:
     layouts = enumerate_layouts(ctx, instances)
     out = [evaluate(ctx, layout) for layout in layouts if layout.nodes == 1]
     single_node_works = {c.layout.instance.name for c in out if c.feasible}
-    fitted: set[tuple[str, int, bool]] = set()
+    fitted: set[tuple[str, int, bool, bool]] = set()
     for layout in sorted((x for x in layouts if x.nodes > 1), key=lambda x: x.nodes):
         if layout.instance.name in single_node_works:
             continue
-        # One shape: the same TP, and either DP across nodes or PP stages.
-        key = (layout.instance.name, layout.tp, layout.dp > 1)
+        # One shape: the same TP, and either DP across nodes (with EP or MoE TP) or PP stages.
+        key = (layout.instance.name, layout.tp, layout.dp > 1, layout.expert_parallel)
         if key in fitted:
             continue
         candidate = evaluate(ctx, layout)

@@ -7,6 +7,11 @@ deployments use, and which `enumerate_layouts` lists:
 * TP (+ EP for MoE): one node or part of one; `--tensor-parallel-size N [--enable-expert-parallel]`;
 * DP attention + EP (MoE, vLLM on GPUs): `--data-parallel-size N --enable-expert-parallel`, filling one node
   or, across whole nodes, with `--data-parallel-size-local`, `--headless` followers (a LeaderWorkerSet);
+* DP attention with the experts tensor-parallel over all TP x DP ranks (MoE, vLLM on GPUs, "DP 8 (MoE TP
+  8)"): the same DP flags without `--enable-expert-parallel`. vLLM then flattens TP across DP for the MoE
+  layers (`FusedMoEParallelConfig.make`: moe_tp = DP x TP, moe_ep = 1), which is aiconfigurator's
+  "moeTp 8, moeEp 1" and often its best layout; both DP variants are candidates unless
+  `spec.placement.expertParallel` picks one;
 * TP x PP across nodes: a whole node per stage, only when no single-stage layout of that instance works.
 
 `structural_problem` rejects what cannot run before any memory is counted, with the reason: among them
@@ -33,6 +38,8 @@ class Layout:
     pp: int
     dp: int
     expert_parallel: bool
+    #: Whether the model has routed experts: a dense model's DP ranks have no MoE TP group to name.
+    moe: bool = True
 
     @property
     def ranks(self) -> int:
@@ -62,7 +69,10 @@ class Layout:
 
     @property
     def expert_split(self) -> int:
-        return self.tp * self.dp if self.expert_parallel else self.tp
+        """Ranks the routed experts are split over: all TP x DP ranks of the replica (per stage), as whole
+        experts under EP (the EP size) or as tensor-parallel slices of every expert without it (vLLM's MoE
+        TP size, DP x TP: `FusedMoEParallelConfig.make` flattens TP across DP)."""
+        return self.tp * self.dp
 
     def cost_per_hour(self) -> float | None:
         price = self.instance.price_per_hour
@@ -71,7 +81,9 @@ class Layout:
         return round(price * self.nodes * self.devices_per_node / self.instance.devices_per_node, 4)
 
     def shape(self) -> str:
-        """e.g. `DP 8 + EP 8`, `TP 8 + EP 8`, `TP 8 x PP 2`, in the words of vLLM's own strategies."""
+        """e.g. `DP 8 + EP 8`, `DP 8 (MoE TP 8)`, `TP 8 + EP 8`, `TP 8 x PP 2`, in the words of vLLM's own
+        strategies: `+ EP n` where experts are whole on each rank, `(MoE TP n)` where DP ranks share
+        tensor-parallel slices of every expert (no --enable-expert-parallel)."""
         parts = []
         if self.dp > 1:
             parts.append(f"DP {self.dp}" if self.tp == 1 else f"TP {self.tp} x DP {self.dp}")
@@ -80,7 +92,11 @@ class Layout:
         if self.pp > 1:
             parts.append(f"PP {self.pp}")
         text = " x ".join(parts)
-        return f"{text} + EP {self.expert_split}" if self.expert_parallel else text
+        if self.expert_parallel:
+            return f"{text} + EP {self.expert_split}"
+        if self.dp > 1 and self.moe:
+            return f"{text} (MoE TP {self.expert_split})"
+        return text
 
     def describe(self) -> str:
         nodes = f" x {self.nodes} nodes" if self.nodes > 1 else ""
@@ -104,10 +120,20 @@ def largest_tp(ctx: Context, inst: InstanceEntry) -> int:
 
 
 def expert_parallel(ctx: Context, tp: int, dp: int) -> bool:
+    """The default for one TP x DP: the spec's choice, else on for MoE models over more than one rank."""
     explicit = ctx.spec.placement.expert_parallel
     if explicit is not None:
         return explicit
     return ctx.arch.is_moe and tp * dp > 1
+
+
+def expert_modes(ctx: Context, tp: int, dp: int) -> list[bool]:
+    """Expert-parallel settings to try: the spec's when it sets one; for DP > 1 on a MoE model both EP
+    (whole experts per rank, all-to-all) and MoE TP over all TP x DP ranks (slices of every expert, the DP
+    group's all-gather), which the objective ranks like any other pair of layouts; else the default."""
+    if ctx.spec.placement.expert_parallel is None and ctx.arch.is_moe and dp > 1:
+        return [True, False]
+    return [expert_parallel(ctx, tp, dp)]
 
 
 def structural_problem(ctx: Context, layout: Layout) -> str | None:
@@ -144,14 +170,15 @@ def structural_problem(ctx: Context, layout: Layout) -> str | None:
 
 def _data_parallel_sizes(ctx: Context, inst: InstanceEntry, tp: int) -> list[int]:
     """DP sizes to try with `tp`: 1, and for MoE models on GPUs DP attention filling one node or 2..max
-    whole nodes (wide EP). Dense models gain nothing from DP inside a replica: that is what replicas are."""
+    whole nodes (with EP, or MoE TP over the DP ranks when `expertParallel` is false). Dense models gain
+    nothing from DP inside a replica: that is what replicas are."""
     p = ctx.spec.placement
     if p.data_parallel_size:
         return [p.data_parallel_size]
     if p.tensor_parallel_size or p.pipeline_parallel_size:
         return [1]  # a pinned TP/PP means that layout as written (e.g. a guide's TP 2), not TP x DP
     moe_gpu = ctx.arch.is_moe and inst.accelerator_kind == "gpu"
-    if not moe_gpu or p.expert_parallel is False:
+    if not moe_gpu:
         return [1]
     fill = inst.ranks_per_node // tp
     sizes = [1] + ([fill] if fill > 1 else [])
@@ -187,5 +214,9 @@ def enumerate_layouts(ctx: Context, instances: Iterable[InstanceEntry]) -> list[
         for tp in tps:
             for dp in _data_parallel_sizes(ctx, inst, tp):
                 pps = _stage_counts(ctx, inst, tp, dp)
-                out.extend(Layout(inst, tp, pp, dp, expert_parallel(ctx, tp, dp)) for pp in pps)
+                out.extend(
+                    Layout(inst, tp, pp, dp, ep, moe=ctx.arch.is_moe)
+                    for ep in expert_modes(ctx, tp, dp)
+                    for pp in pps
+                )
     return out

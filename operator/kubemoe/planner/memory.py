@@ -4,13 +4,15 @@ All functions are pure arithmetic on the architecture and the parallel layout, s
 `kubemoe plan` can be recomputed by hand. Formulas follow vLLM 0.33 (`vllm/v1/kv_cache_interface.py` and
 `vllm/v1/worker/gpu_worker.py` in its PyPI wheel):
 
-* weights: parameters x bytes per parameter. Expert weights split over the expert-parallel group (or over
-  TP without EP); the rest over TP. PP splits both by stages.
+* weights: parameters x bytes per parameter. Expert weights split over all TP x DP ranks (whole experts
+  under EP, tensor-parallel slices of each without it: vLLM's MoE TP is DP x TP); the rest over TP. PP
+  splits both by stages.
 * KV per token per layer: `2 x max(1, kv_heads // TP) x head_dim x bytes` for MHA/GQA (TP shards heads
   down to one per rank), `(kv_lora_rank + qk_rope_head_dim) x bytes` for MLA on *every* rank.
   Windowed layers (gpt-oss, Llama 4) hold at most `sliding_window` tokens.
 * activation peak: vLLM profiles a dummy forward pass of `max_num_batched_tokens` tokens, plus a sampler
-  pass over `max_num_seqs` rows of fp32 logits.
+  pass over `max_num_seqs` rows of fp32 logits; with DP and the experts TP-sharded over the DP ranks, the
+  MoE layers run every DP rank's tokens, gathered.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ GIB = 1024**3
 GB = 1000**3
 #: Peak / live activation bytes under PyTorch's caching allocator (see activation_bytes_per_rank).
 ALLOCATOR_PEAK_FACTOR = 1.5
+#: vLLM's VLLM_FUSED_MOE_CHUNK_SIZE default (vllm/envs.py): the fused-MoE kernel runs at most this many
+#: tokens at once, so its buffers for a DP group's gathered tokens stop growing there.
+FUSED_MOE_CHUNK_TOKENS = 16 * 1024
 
 # Bytes per parameter of a weight format. MXFP4 stores 4-bit values with one 8-bit scale per 32: 4.25 bits.
 _BYTES_PER_PARAM: dict[str, float] = {
@@ -145,6 +150,7 @@ def activation_bytes_per_rank(
     tp: int,
     expert_split: int,
     dtype_bytes: int,
+    gathered: int = 1,
 ) -> float:
     """Peak activation memory of vLLM's profiling pass on one rank.
 
@@ -153,17 +159,23 @@ def activation_bytes_per_rank(
     them), the fused-MoE kernel's three buffers: gate+up and activation (3 x intermediate, sharded over the
     expert split) and the expert output (hidden size) before the top-k sum. The sampler pass materialises fp32
     logits for `max_num_seqs` rows of the vocabulary. Grows with maxNumBatchedTokens, hiddenSize and the
-    MoE intermediate size. PyTorch's caching allocator holds freed blocks, so the peak vLLM logs ("PyTorch
+    MoE intermediate size. `gathered` DP ranks' tokens reach each rank's MoE layers where the experts are
+    TP-sharded over the DP group (DP without EP): their gathered hidden states, and the kernel's buffers
+    for them, up to FUSED_MOE_CHUNK_TOKENS at once (never fewer than one rank's own tokens). PyTorch's
+    caching allocator holds freed blocks, so the peak vLLM logs ("PyTorch
     activation peak memory") runs about 1.5x the live tensors: 2.38 GiB logged for an 8B model at 8192
     tokens (kubernetes-sigs/gateway-api-inference-extension#550) against 1.4 GiB of live tensors here.
     """
     k = arch.experts_per_token if arch.is_moe else 1
     intermediate = arch.moe_intermediate_size or 4 * arch.hidden_size
     split = expert_split if arch.is_moe else tp
-    forward = (
-        batched_tokens
-        * dtype_bytes
-        * (4 * arch.hidden_size + k * (3 * intermediate / split + arch.hidden_size))
+    moe_tokens = batched_tokens
+    if gathered > 1 and arch.is_moe:
+        moe_tokens = max(batched_tokens, min(batched_tokens * gathered, FUSED_MOE_CHUNK_TOKENS))
+    forward = dtype_bytes * (
+        batched_tokens * 4 * arch.hidden_size
+        + moe_tokens * k * (3 * intermediate / split + arch.hidden_size)
+        + batched_tokens * (gathered - 1 if arch.is_moe else 0) * arch.hidden_size
     )
     logits = max_num_seqs * arch.vocab_size * 4
     return ALLOCATOR_PEAK_FACTOR * forward + logits

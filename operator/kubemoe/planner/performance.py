@@ -12,9 +12,10 @@ published vLLM measurements):
   - compute time = 2 x active parameters x (m / decodeComputeEfficiency + p / prefillEfficiency) / tensor
     FLOPs, plus decode attention over the context (for MLA at least the kernel's query-head tile per rank,
     the capability table's mlaHeadTile) and the prompt tokens' attention;
-  - communication = per layer two TP all-reduces and, with expert parallelism, a dispatch and a combine,
-    each `latency + bytes / one-direction link bandwidth` (NVLink/NeuronLink inside a node, the node's
-    EFA share of each device across nodes);
+  - communication = per layer two TP all-reduces and per MoE layer, with expert parallelism, a dispatch
+    and a combine, or, DP without it, the DP group's all-gather and reduce-scatter of the tokens
+    (planner.moe), each `latency + bytes / one-direction link bandwidth` (NVLink/NeuronLink inside a node,
+    the node's EFA share of each device across nodes);
 * on GPUs (vLLM's chunked prefill), in steady state m / outputTokens sequences finish per step and as
   many start, so p = m x new input tokens / output tokens: prompts share the decode steps' weight stream,
   which is why memory-bound replicas take prefill almost for free and compute-bound ones do not; a step
@@ -33,13 +34,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
-from kubemoe.catalog.schema import InstanceEntry
 from kubemoe.planner import memory as mem
 from kubemoe.planner.context import Context, batching
 from kubemoe.planner.layouts import Layout
-from kubemoe.planner.settings import PlannerSettings
+from kubemoe.planner.moe import (
+    compute_dtype_is_fp8,
+    experts_touched_mixed,
+    moe_comm_seconds,
+    moe_gemm_efficiency,
+)
 from kubemoe.planner.sizing import Sizing
 
 
@@ -70,11 +75,6 @@ class Rates:
     fp8: bool = False  # GEMMs run at the FP8 rate
 
 
-def compute_dtype_is_fp8(ctx: Context, inst: InstanceEntry, fp8_compute: bool) -> bool:
-    weights = ctx.spec.serving.quantization or ctx.arch.native_dtype
-    return weights == "fp8" and fp8_compute and inst.fp8_tflops is not None
-
-
 def rates(ctx: Context, layout: Layout, *, fp8_compute: bool) -> Rates:
     inst, s = layout.instance, ctx.settings
     cores = inst.cores_per_device
@@ -94,68 +94,6 @@ def rates(ctx: Context, layout: Layout, *, fp8_compute: bool) -> Rates:
         inter=network * 1e9,
         collective_latency=(s.pcie_collective_latency_us if pcie else s.collective_latency_us) * 1e-6,
     )
-
-
-def _experts_touched(ctx: Context, tokens: float) -> float:
-    """Expected share of a layer's experts that `tokens` routed tokens touch: 1 - (1 - k/E)^tokens."""
-    arch = ctx.arch
-    if not arch.is_moe:
-        return 1.0
-    miss: float = math.pow(1.0 - arch.experts_per_token / arch.num_experts, max(tokens, 0.0))
-    return 1.0 - miss
-
-
-def _experts_touched_mixed(ctx: Context, layout: Layout, decode: float, prompt: float) -> float:
-    """Expected share of experts a step touches with `decode` tokens and, on average, `prompt` prompt tokens.
-
-    Prompts arrive whole (up to a chunk of maxNumBatchedTokens): a share q = prompt / (prompt length) of the
-    steps carries one and touches experts for decode + a prompt, the rest for the decode tokens alone. The
-    share touched is concave in the tokens, so spreading prompt tokens evenly over steps would overstate
-    the expert weights a small batch reads.
-    """
-    if prompt <= 0:
-        return _experts_touched(ctx, decode)
-    w = ctx.spec.serving.workload
-    new = w.input_tokens * (1 - w.prefix_cache_hit_ratio)
-    whole = max(1.0, min(new, float(batching(ctx, layout.instance)[0])))
-    q = min(1.0, prompt / whole)
-    return (1 - q) * _experts_touched(ctx, decode) + q * _experts_touched(ctx, decode + prompt / q)
-
-
-def moe_gemm_efficiency(ctx: Context, layout: Layout, tokens: float, *, fp8_compute: bool) -> float | None:
-    """Share of the datasheet rate (Rates.peak) the fused-MoE kernel reaches when the expert group routes
-    `tokens` tokens in a step: the capability table's moeGemmEfficiency for the weight dtype, times
-    M / (M + moeGemmTokensHalf) for M tokens per expert and n / (n + moeGemmColumnsHalf) for n
-    expert-intermediate columns per rank (whole experts under EP, a TP slice without); M counts the rows
-    of the experts the step touches, and the tile's waste is at most M (half the rate), so a decode step's
-    few rows per expert stay bound by the weights they read. None where the table has no figure for this
-    chip and dtype (the dense efficiencies apply)."""
-    arch, s, inst = ctx.arch, ctx.settings, layout.instance
-    cap = ctx.capability(inst)
-    if not arch.is_moe or cap is None:
-        return None
-    weights = ctx.spec.serving.quantization or arch.native_dtype
-    dtype: Literal["bf16", "fp8", "mxfp4"] = "mxfp4" if weights == "mxfp4" else "bf16"
-    if compute_dtype_is_fp8(ctx, inst, fp8_compute):
-        dtype = "fp8"
-    wide = cap.moe_gemm_efficiency.get(dtype)
-    if wide is None:
-        return None
-    touched = _experts_touched(ctx, tokens)
-    if touched <= 0:
-        return None
-    columns = (arch.moe_intermediate_size or 4 * arch.hidden_size) / (
-        1 if layout.expert_parallel else layout.tp
-    )
-    rows = max(tokens, 0.0) * arch.experts_per_token / arch.num_experts / touched
-    return fused_moe_efficiency(s, wide, rows=rows, columns=columns)
-
-
-def fused_moe_efficiency(s: PlannerSettings, wide: float, *, rows: float, columns: float) -> float:
-    """`wide` x M / (M + min(M, moeGemmTokensHalf)) x n / (n + moeGemmColumnsHalf) for M rows per touched
-    expert and n intermediate columns per rank: a GEMM tile wastes at most as many rows as it fills."""
-    filled = rows / (rows + min(rows, s.moe_gemm_tokens_half)) if rows > 0 else 0.0
-    return wide * filled * columns / (columns + s.moe_gemm_columns_half)
 
 
 def _attention_width(ctx: Context) -> int:
@@ -207,7 +145,7 @@ def stage_step_seconds(
     layers = arch.num_layers / pp
     moe_layers = (arch.num_layers - arch.dense_layers) / arch.moe_layer_interval / pp if arch.is_moe else 0.0
     tokens = m + p  # tokens each DP rank runs through the stage this step
-    tokens_ep = tokens * dp  # tokens the expert-parallel group routes
+    tokens_ep = tokens * dp  # tokens the expert group routes: every DP rank's, with EP or without
     context = w.input_tokens + w.output_tokens / 2
     kv = m * mem.kv_bytes_per_sequence_per_rank(
         arch, tokens=int(context), tp=tp, pp=pp, kv_dtype_bytes=ctx.kv_dtype_bytes
@@ -227,7 +165,7 @@ def stage_step_seconds(
     ) / r.flops
     # Each group of kernels runs on its own, bound by its memory traffic or its FLOPs, one after another.
     dense = max(streamed / tp / pp / r.hbm, dense_flops / tp / pp)
-    touched = _experts_touched_mixed(ctx, layout, m * dp, p * dp)
+    touched = experts_touched_mixed(ctx, layout, m * dp, p * dp)
     moe_eff = moe_gemm_efficiency(ctx, layout, tokens_ep, fp8_compute=r.fp8)
     if moe_eff is None or tokens_ep <= 0:
         expert_flops = active_expert_params * dp / layout.expert_split / pp * per_param
@@ -246,12 +184,9 @@ def stage_step_seconds(
     if tp > 1:
         # Two all-reduces per layer (attention out, MLP out), ring: 2 (tp-1)/tp of the message each way.
         comm += layers * 2 * (r.collective_latency + 2 * (tp - 1) / tp * tokens * act / r.intra)
-    ep = layout.expert_split if layout.expert_parallel else 1
-    if ep > 1 and moe_layers:
-        # Dispatch and combine per MoE layer: each rank's tokens to k experts, (ep-1)/ep of them remote.
-        sent = (tokens if dp > 1 else tokens_ep / tp) * arch.experts_per_token * act * (ep - 1) / ep
+    if moe_layers:
         latency = r.collective_latency * (1 if layout.nodes == 1 else s.inter_node_latency_factor)
-        comm += moe_layers * 2 * (latency + sent / link)
+        comm += moe_layers * moe_comm_seconds(ctx, layout, tokens, act=act, link=link, latency=latency)
     if pp > 1:
         comm += r.collective_latency * s.inter_node_latency_factor + tokens * dp * act / r.inter
     fixed = s.step_overhead_ms * 1e-3 / pp + layers * s.layer_overhead_us * 1e-6

@@ -1,8 +1,9 @@
 """The planner's entry point: spec + catalog -> the best feasible Plan and the alternatives it beat.
 
 Read the parts in this order: `context` (the model and what the placement allows), `layouts` (candidate
-arrangements of ranks), `memory` and `sizing` (what each rank holds), `feasibility` (what fits, with
-reasons), `ranking` (the strategy's order) and `explanation` (the Plan and its reasons). Explicit overrides
+arrangements of ranks), `memory` and `sizing` (what each rank holds), `performance` and `moe` (what a
+layout delivers; `moe` the expert layer, EP or MoE TP), `feasibility` (what fits, with reasons), `ranking`
+(the strategy's order) and `explanation` (the Plan and its reasons). Explicit overrides
 are checked, never silently replaced: an override that does not fit is an error that names the plan that
 would.
 """

@@ -56,6 +56,7 @@ def size_layout(ctx: Context, layout: Layout) -> Sizing:
         tp=layout.tp,
         expert_split=layout.expert_split,
         dtype_bytes=ctx.settings.activation_dtype_bytes,
+        gathered=1 if layout.expert_parallel else layout.dp,
     )
     overhead = overhead_bytes(ctx, layout)
     return Sizing(

@@ -42,6 +42,7 @@ class Alternative(BaseModel):
     pipeline_parallel_size: int
     data_parallel_size: int
     feasible: bool
+    expert_parallel: bool = False
     cost_per_hour: float | None = None
     accelerators: int
     concurrent_sequences: int = 0

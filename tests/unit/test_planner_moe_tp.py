@@ -1,0 +1,136 @@
+"""DP attention with the experts tensor-parallel over all TP x DP ranks ("DP 8 (MoE TP 8)"): vLLM's DP without
+--enable-expert-parallel, where `FusedMoEParallelConfig.make` flattens TP across DP (moe_tp = DP x TP,
+moe_ep = 1; aiconfigurator's "moeTp 8, moeEp 1"). Its arithmetic by hand, its words, and what
+`spec.placement.expertParallel: false` means now. Its memory is held in test_planner_golden.py (the MoE TP
+cases) and its flags in test_render.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from kubemoe.api.moemodel import MoEModelSpec
+from kubemoe.catalog.loader import Catalog, load_catalog
+from kubemoe.planner import PlannerSettings, plan_placement
+from kubemoe.planner.context import build_context
+from kubemoe.planner.layouts import Layout
+from kubemoe.planner.moe import expert_columns, moe_comm_seconds, moe_gemm_efficiency
+
+DEEPSEEK_V3 = "deepseek-ai/DeepSeek-V3"
+MIXTRAL_8X7B = "mistralai/Mixtral-8x7B-Instruct-v0.1"
+
+
+@pytest.fixture(scope="module")
+def catalog() -> Catalog:
+    return load_catalog()
+
+
+def spec(model: str, placement: dict[str, Any] | None = None) -> MoEModelSpec:
+    return MoEModelSpec.model_validate({"model": {"name": model}, "placement": placement or {}})
+
+
+def test_the_dp_groups_gather_and_reduce_scatter_by_hand(catalog: Catalog) -> None:
+    """Per MoE layer, 10 tokens on each of 8 DP ranks of one H200 node (NVSwitch 900 GB/s both ways, so
+    450e9 B/s one way; 10 us per collective), hidden states in bf16.
+
+    DeepSeek-V3 (hidden 7168: 14336 B a token, k = 8): the all-gather and the reduce-scatter each move
+    (8 - 1) x 10 x 14336 = 1,003,520 B per rank: 2 x (10e-6 + 1,003,520 / 450e9) = 24.46 us. EP 8's
+    dispatch and combine move 10 x 8 x 14336 x 7/8 = the same 1,003,520 B: with k = DP the two cost alike.
+    Mixtral (hidden 4096: 8192 B, k = 2): the gather still moves 7 x 10 x 8192 = 573,440 B, EP only
+    10 x 2 x 8192 x 7/8 = 143,360 B, a quarter: a token travels to every rank, not to its k experts.
+    """
+    inst = catalog.instances["p5en.48xlarge"]
+    link, latency = 450e9, 10e-6
+    cases = [(DEEPSEEK_V3, 14336, 1_003_520, 1_003_520), (MIXTRAL_8X7B, 8192, 573_440, 143_360)]
+    for model, act, gather, ep_bytes in cases:
+        ctx = build_context(spec(model), catalog, PlannerSettings())
+        moe_tp = moe_comm_seconds(ctx, Layout(inst, 1, 1, 8, False), 10, act=act, link=link, latency=latency)
+        ep = moe_comm_seconds(ctx, Layout(inst, 1, 1, 8, True), 10, act=act, link=link, latency=latency)
+        assert moe_tp == pytest.approx(2 * (latency + gather / link))
+        assert ep == pytest.approx(2 * (latency + ep_bytes / link))
+    # TP alone (DP 1, no EP): nothing beyond the TP all-reduce the layer already pays.
+    tp8 = Layout(inst, 8, 1, 1, False)
+    assert moe_comm_seconds(ctx, tp8, 10, act=8192, link=link, latency=latency) == 0.0
+
+
+def test_expert_gemm_columns_and_rate_of_moe_tp_by_hand(catalog: Catalog) -> None:
+    """DeepSeek-V3's 2048 expert-intermediate columns: whole under EP, 2048 / 8 = 256 per rank at MoE TP 8
+    (DP 8, TP 2 x DP 4 or TP 8 alike). At 4096 routed tokens in FP8 on H200 (moeGemmEfficiency 0.36):
+    rows per touched expert 4096 x 8 / 256 = 128 (all 256 touched: 1 - (1 - 8/256)^4096 = 1), so
+    0.36 x 128 / (128 + 64) x 256 / (256 + 300) = 0.1105 against EP's 0.36 x 2/3 x 2048 / 2348 = 0.2093."""
+    inst = catalog.instances["p5en.48xlarge"]
+    ctx = build_context(spec(DEEPSEEK_V3), catalog, PlannerSettings())
+    assert expert_columns(ctx, Layout(inst, 1, 1, 8, True)) == 2048
+    for tp, dp in ((1, 8), (2, 4), (8, 1)):
+        assert expert_columns(ctx, Layout(inst, tp, 1, dp, False)) == 256
+    moe_tp = moe_gemm_efficiency(ctx, Layout(inst, 1, 1, 8, False), 4096.0, fp8_compute=True)
+    ep = moe_gemm_efficiency(ctx, Layout(inst, 1, 1, 8, True), 4096.0, fp8_compute=True)
+    assert moe_tp == pytest.approx(0.36 * 128 / 192 * 256 / 556, rel=1e-3)
+    assert ep == pytest.approx(0.36 * 128 / 192 * 2048 / 2348, rel=1e-3)
+
+
+def test_the_shape_text_tells_the_two_dp_layouts_apart(catalog: Catalog) -> None:
+    inst = catalog.instances["p5en.48xlarge"]
+    assert Layout(inst, 1, 1, 8, True).shape() == "DP 8 + EP 8"
+    assert Layout(inst, 1, 1, 8, False).shape() == "DP 8 (MoE TP 8)"
+    assert Layout(inst, 2, 1, 4, False).shape() == "TP 2 x DP 4 (MoE TP 8)"
+    assert Layout(inst, 8, 1, 1, False).shape() == "TP 8"  # MoE TP = TP: nothing to add
+    assert Layout(inst, 1, 1, 2, False, moe=False).shape() == "DP 2"  # a dense model has no MoE TP group
+    assert Layout(inst, 1, 1, 8, False).expert_split == Layout(inst, 1, 1, 8, True).expert_split == 8
+
+
+def test_expert_parallel_false_with_a_dp_size_plans_moe_tp_instead_of_dropping_dp(catalog: Catalog) -> None:
+    """Before, `expertParallel: false` left DP out of the search; now it is the MoE TP layout, said the same
+    way in the plan, the status and the notes."""
+    plan = plan_placement(
+        spec(
+            MIXTRAL_8X7B, {"instanceTypes": ["p5.48xlarge"], "dataParallelSize": 8, "expertParallel": False}
+        ),
+        catalog,
+    )
+    assert (plan.tensor_parallel_size, plan.data_parallel_size) == (1, 8)
+    assert not plan.expert_parallel
+    assert plan.expert_parallel_size == 0
+    assert plan.layout == "DP 8 (MoE TP 8) on p5.48xlarge"
+    summary = plan.summary()
+    assert summary.layout == plan.layout
+    assert summary.expert_parallel_size == 0
+    assert summary.data_parallel_size == 8
+    assert plan.reason.startswith("DP 8 (MoE TP 8) on p5.48xlarge: ")
+    assert any(n.startswith("MoE TP 8: without --enable-expert-parallel") for n in plan.notes)
+    assert not any("+ EP" in a.layout for a in plan.alternatives)
+
+
+def test_expert_parallel_false_alone_lets_the_planner_choose_dp_with_moe_tp(catalog: Catalog) -> None:
+    plan = plan_placement(
+        spec(MIXTRAL_8X7B, {"instanceTypes": ["p5.48xlarge"], "expertParallel": False}), catalog
+    )
+    assert not plan.expert_parallel
+    assert any("(MoE TP " in a.layout for a in plan.alternatives) or "(MoE TP " in plan.layout
+    assert not any(a.expert_parallel for a in plan.alternatives)
+
+
+def test_both_dp_layouts_are_ranked_side_by_side_by_the_objective(catalog: Catalog) -> None:
+    """Unpinned, each DP size is tried with EP and with MoE TP. For Mixtral on H100 the model ranks EP first
+    (the gather moves 4x EP's bytes at k = 2, and 14336 / 8 = 1792-column slices run the fused-MoE GEMM
+    at a shape factor of 1792 / 2092 = 0.86 against whole experts' 14336 / 14636 = 0.98), and says by how
+    much."""
+    plan = plan_placement(spec(MIXTRAL_8X7B, {"instanceTypes": ["p5.48xlarge"]}), catalog)
+    by_layout = {a.layout: a for a in plan.alternatives}
+    assert plan.layout == "DP 8 + EP 8 on p5.48xlarge"
+    moe_tp = by_layout["DP 8 (MoE TP 8) on p5.48xlarge"]
+    assert moe_tp.feasible
+    assert not moe_tp.expert_parallel
+    assert moe_tp.cost_per_million_tokens is not None
+    assert plan.cost_per_million_tokens is not None
+    assert moe_tp.cost_per_million_tokens > plan.cost_per_million_tokens
+    assert "by cheapest" in moe_tp.reason
+    # DeepSeek-V3 on H200: with k = 8 = DP the messages are the same and the step is bound by the expert
+    # weights it reads, so the two estimates tie and both are shown, MoE TP first among the runners-up.
+    ds = plan_placement(spec(DEEPSEEK_V3, {"instanceTypes": ["p5en.48xlarge"]}), catalog)
+    top = ds.summary().alternatives
+    assert ds.layout == "DP 8 + EP 8 on p5en.48xlarge"
+    assert top[0].layout == "DP 8 (MoE TP 8) on p5en.48xlarge"
+    assert top[0].cost_per_million_tokens == ds.cost_per_million_tokens
