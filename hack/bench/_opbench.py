@@ -308,3 +308,30 @@ def event_writes(op_run: Rollout, floor_run: Rollout) -> float:
     return count(op_run.requests, WRITE_VERBS, {"events"}) - count(
         floor_run.requests, WRITE_VERBS, {"events"}
     )
+
+
+def wait_quiet(api: Api, quiet_s: float, timeout_s: float) -> tuple[float, dict[str, float]]:
+    """Until a whole ``quiet_s`` went by with no write, by anyone, to the operator's kinds and Events (the API
+    server's counters): the rollout's echoes are over, such as the Deployment controller's last status
+    updates and Events that the controllers' recorders send late on busy cores. At ``timeout_s`` it returns
+    anyway: writes that never stop then show in the window measured next, where they count. Returns the
+    seconds waited and the writes seen meanwhile (:func:`write_breakdown`)."""
+    resources = OPERATOR_RESOURCES | {"events"}
+    t0 = time.monotonic()
+    first = api.request_counts()
+    last, quiet_since = count(first, WRITE_VERBS, resources), t0
+    while time.monotonic() - quiet_since < quiet_s and time.monotonic() - t0 < timeout_s:
+        time.sleep(min(0.5, quiet_s / 4))
+        now = count(api.request_counts(), WRITE_VERBS, resources)
+        if now != last:
+            last, quiet_since = now, time.monotonic()
+    return time.monotonic() - t0, write_breakdown(delta(api.request_counts(), first))
+
+
+def write_breakdown(requests: Mapping[tuple[str, str, str], float]) -> dict[str, float]:
+    """The writes to the operator's kinds and Events by ``VERB resource[/subresource]``, for the record."""
+    return {
+        f"{verb} {res}{'/' + sub if sub else ''}": v
+        for (verb, res, sub), v in sorted(requests.items())
+        if verb in WRITE_VERBS and res in OPERATOR_RESOURCES | {"events"}
+    }

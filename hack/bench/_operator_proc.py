@@ -1,9 +1,10 @@
 """The operator under benchmark: one ``kubemoe run`` subprocess, its health and metrics endpoints, its CPU
-and peak memory from /proc, and waits on them."""
+and peak memory from /proc, and waits on them; the CRDs it needs and the cache the cluster uses."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
 import subprocess
@@ -83,6 +84,18 @@ class Operator:
             if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
         )
 
+    def by_labels(self, name: str) -> dict[str, float]:
+        """Every sample of ``name``, keyed by its labels (``verb=PATCH,kind=MoEModel``), for the record."""
+        status, text = self.http("/metrics")
+        if status != 200:
+            raise RuntimeError(f"operator /metrics: {status}")
+        return {
+            ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())): s.value
+            for fam in text_string_to_metric_families(text)
+            for s in fam.samples
+            if s.name == name
+        }
+
     def reconciles(self) -> float:
         return self.metric("kubemoe_reconcile_total")
 
@@ -119,3 +132,33 @@ class Operator:
 
         wait_until("operator idle", probe, timeout_s, every_s=0.2)
         return time.monotonic() - self.started_at
+
+
+def cache_root() -> Path:
+    env = os.environ.get("KUBEMOE_CACHE")
+    return Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kubemoe"
+
+
+def install_crds(env: dict[str, str]) -> None:
+    """Apply the repository's CRDs server-side and wait until both are Established."""
+    root = Path(__file__).resolve().parents[2]
+    apply = ["kubectl", "apply", "--server-side", "--force-conflicts", "--field-manager=kubemoe-bench"]
+    subprocess.run([*apply, "-f", str(root / "crds")], env=env, check=True, capture_output=True)
+    # Polled, not `kubectl wait --for=condition=Established`: that fails at once while a new CRD's
+    # status.conditions is still null (tests/e2e/harness.py KubeCluster.wait_established).
+    query = 'jsonpath={.status.conditions[?(@.type=="Established")].status}'
+    deadline = time.monotonic() + 60
+    for crd in ("moemodels.kubemoe.io", "moapipelines.kubemoe.io"):
+        while True:
+            got = subprocess.run(
+                ["kubectl", "get", f"crd/{crd}", "-o", query],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout.strip()
+            if got == "True":
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"crd/{crd} not Established after 60s")
+            time.sleep(0.5)

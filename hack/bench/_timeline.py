@@ -33,8 +33,7 @@ from hack.bench._cluster import (
     ensure_fleet,
     start_cluster,
 )
-from hack.bench._operator_proc import Operator
-from hack.bench.operator_scale import _cache_root, _install_crds
+from hack.bench._operator_proc import Operator, cache_root, install_crds
 from kubemoe.controller.config import OperatorConfig
 
 
@@ -160,9 +159,9 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=OperatorConfig().workers)
     args = p.parse_args()
 
-    cluster = start_cluster(os.environ["KUBEMOE_CLUSTER_NAME"], _cache_root())
+    cluster = start_cluster(os.environ["KUBEMOE_CLUSTER_NAME"], cache_root())
     api = Api(cluster.kubeconfig)
-    _install_crds(cluster.env)
+    install_crds(cluster.env)
     n = args.n
     probe = ob.render(ob.model_docs("probe", 1))
     ensure_fleet(

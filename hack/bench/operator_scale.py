@@ -23,7 +23,6 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from hack.bench import _cpu as cpu
@@ -41,7 +40,7 @@ from hack.bench._cluster import (
     start_cluster,
 )
 from hack.bench._figures import figure, ratio, save_partial
-from hack.bench._operator_proc import Operator
+from hack.bench._operator_proc import Operator, cache_root, install_crds
 from hack.bench.common import Context, Figure
 from hack.bench.plotting import line_plot
 from kubemoe.controller.config import OperatorConfig
@@ -71,22 +70,17 @@ class Plan:
         return Plan(sizes=sizes, resync_s=resync, steady_periods=3 if quick else 5)
 
 
-def _cache_root() -> Path:
-    env = os.environ.get("KUBEMOE_CACHE")
-    return Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kubemoe"
-
-
 def run(ctx: Context) -> list[Figure]:
     plan = Plan.for_run(ctx.quick)
     name = os.environ.get("KUBEMOE_CLUSTER_NAME") or "kubemoe-bench"
     print(f"operator: sizes {plan.sizes}, resync {plan.resync_s:g} s, cluster '{name}'", flush=True)
     t0 = time.monotonic()
-    cluster = start_cluster(name, _cache_root())
+    cluster = start_cluster(name, cache_root())
     api = Api(cluster.kubeconfig)
     op: Operator | None = None
     namespaces: list[str] = []
     try:
-        _install_crds(cluster.env)
+        install_crds(cluster.env)
         n_max = max(plan.sizes)
         probe_objects = ob.render(ob.model_docs("probe", 1))
         gpus_per_node = 8
@@ -115,32 +109,6 @@ def run(ctx: Context) -> list[Figure]:
         if not cluster.started_here:
             delete_fleet(api)
         cluster.down()
-
-
-def _install_crds(env: dict[str, str]) -> None:
-    import subprocess
-
-    root = Path(__file__).resolve().parents[2]
-    apply = ["kubectl", "apply", "--server-side", "--force-conflicts", "--field-manager=kubemoe-bench"]
-    subprocess.run([*apply, "-f", str(root / "crds")], env=env, check=True, capture_output=True)
-    # Polled, not `kubectl wait --for=condition=Established`: that fails at once while a new CRD's
-    # status.conditions is still null (tests/e2e/harness.py KubeCluster.wait_established).
-    query = 'jsonpath={.status.conditions[?(@.type=="Established")].status}'
-    deadline = time.monotonic() + 60
-    for crd in ("moemodels.kubemoe.io", "moapipelines.kubemoe.io"):
-        while True:
-            got = subprocess.run(
-                ["kubectl", "get", f"crd/{crd}", "-o", query],
-                env=env,
-                capture_output=True,
-                text=True,
-                check=False,
-            ).stdout.strip()
-            if got == "True":
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"crd/{crd} not Established after 60s")
-            time.sleep(0.5)
 
 
 # ------------------------------------------------------------------------------------------- rollout
@@ -286,27 +254,49 @@ def _scale(
 def _steady(api: Api, op: Operator, plan: Plan, raw: dict[str, Any]) -> list[Figure]:
     n = plan.sizes[-1]
     crs = n + max(1, n // 10)
-    # Let the rollout's echoes (child events) settle for a period. No wait for an empty queue: on 2 busy
-    # cores a resync pass of N models can outlast the period, and "passes done/expected" shows exactly that.
-    time.sleep(plan.resync_s)
+    # The window starts once two resync periods (passes included) went by without a write: not on an empty
+    # queue, since on 2 busy cores a pass of N models can outlast the period ("passes done/expected" shows
+    # exactly that).
+    settled, echoes = ob.wait_quiet(api, quiet_s=2 * plan.resync_s, timeout_s=max(30.0, 8 * plan.resync_s))
     window = plan.steady_periods * plan.resync_s
     before, rec0, cpu0 = api.request_counts(), op.reconciles(), op.cpu()
+    own0 = op.by_labels("kubemoe_api_writes_total")
     time.sleep(window)
     got = delta(api.request_counts(), before)
+    own_by = {k: v - own0.get(k, 0.0) for k, v in op.by_labels("kubemoe_api_writes_total").items()}
+    own = sum(own_by.values())
     reconciles, cpu = op.reconciles() - rec0, op.cpu() - cpu0
     writes = count(got, WRITE_VERBS, ob.OPERATOR_RESOURCES | {"events"})
     # Leases are the components' heartbeats; "" is non-resource paths (/metrics, /readyz: ours and theirs).
     reads = count(got, READ_VERBS) - count(got, READ_VERBS, {"leases", ""})
     passes = reconciles / crs
     raw["steady"] = {
+        "settled_s": settled,
+        "writes_while_settling": echoes,
         "window_s": window,
         "reconciles": reconciles,
         "cpu_s": cpu,
+        "writes": ob.write_breakdown(got),
+        "operator_writes": {k: v for k, v in own_by.items() if v},
         "requests": {"/".join(k): v for k, v in got.items()},
     }
+    print(f"operator: settled after {settled:.1f} s, writes meanwhile {echoes}", flush=True)
+    if writes:
+        steady = raw["steady"]
+        print(
+            f"operator: steady-state writes (API server) {steady['writes']}, the operator's {steady['operator_writes']}"
+        )
     label = f"steady N={n}, {plan.steady_periods} x {plan.resync_s:g} s resync"
     return [
-        figure(SUBJECT, f"{label}: API writes", writes, goal=("==", 0), bound=("==", 0)),
+        figure(SUBJECT, f"{label}: settled after", settled, "s"),
+        # The goal counts everyone's writes, as the API server does. CI's strict bound is on the operator's
+        # own count: one loaded CI run saw 5 writes here (N=20) while the operator's share went unrecorded,
+        # and a Deployment controller or an event recorder running late is not the operator's regression.
+        # The API server's bound still catches a write per model in the window.
+        figure(SUBJECT, f"{label}: API writes", writes, goal=("==", 0), bound=("<=", n)),
+        figure(
+            SUBJECT, f"{label}: of which the operator's (its count)", own, goal=("==", 0), bound=("==", 0)
+        ),
         figure(
             SUBJECT,
             f"{label}: API reads per model per resync",
