@@ -18,8 +18,10 @@ busiest rank's load over the mean (routing skew) together with whatever else the
 It is the median over H100/H200/B200, every shape measured both ways with the kernel vLLM picks for the
 dtype, at 2048+ tokens (where the kernel is compute-bound and the rows per expert fill its tiles):
 
-* with aiconfigurator's power-law routing (alpha 1.01, its DeepSeek and default MoE routing for vLLM):
-  epExpertImbalance, vLLM's default (no --enable-eplb);
+* with aiconfigurator's power-law routing at alpha 1.01 (its DeepSeek models' routing, and the rows
+  moe_kernels.py fits the kernel rates to): epExpertImbalance, vLLM's default (no --enable-eplb). Its
+  other MoE models route at alpha 1.2, a little more skewed: 1.29, 1.85, 2.77, 4.19, 6.71 at EP 2-32;
+  one table serves every model;
 * with its balanced routing (every expert the same load), the limit EPLB's rebalancing of experts over
   ranks aims at: epExpertImbalanceEplb.
 
