@@ -99,7 +99,9 @@ def test_the_guides_tp2_mixtral_on_p4d_is_refused_with_the_plan_that_fits() -> N
         "--tensor-parallel-size",
         "2",
     )
-    assert_clean_failure(proc, "InsufficientMemory", "46.7 GB", "A100-40GB", "DP 8 + EP 8 on p4d.24xlarge")
+    assert_clean_failure(
+        proc, "InsufficientMemory", "46.7 GB", "A100-40GB", "DP 8 (MoE TP 8) on p4d.24xlarge"
+    )
 
 
 def test_catalog_and_crds_print() -> None:

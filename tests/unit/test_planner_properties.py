@@ -287,8 +287,12 @@ def check_plan(g: dict[str, Any], plan: Plan) -> None:
         if g["strategy"] == "cheapest":
             mine = math.inf if plan.cost_per_million_tokens is None else plan.cost_per_million_tokens
             theirs = math.inf if alt.cost_per_million_tokens is None else alt.cost_per_million_tokens
-            # Within NEAR_TIE of the best $/M tokens the smaller replica wins (ranking.NEAR_TIE).
-            near_tie = alt.accelerators > plan.accelerators and mine <= theirs * (1 + NEAR_TIE) + 1e-9
+            # Within NEAR_TIE of the best $/M tokens the smaller replica wins, then the one holding more
+            # concurrent sequences (ranking.NEAR_TIE).
+            smaller_or_fuller = alt.accelerators > plan.accelerators or (
+                alt.accelerators == plan.accelerators and alt.concurrent_sequences <= plan.batch_size
+            )
+            near_tie = smaller_or_fuller and mine <= theirs * (1 + NEAR_TIE) + 1e-9
             assert theirs >= mine or near_tie, alt
         elif g["strategy"] == "fewest-accelerators":
             assert alt.accelerators >= plan.accelerators, alt

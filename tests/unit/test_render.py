@@ -157,12 +157,18 @@ def test_multi_node_plan_renders_a_leaderworkerset_with_ray_and_a_leader_only_se
 
 
 def test_multi_node_dp_renders_headless_followers_without_ray() -> None:
-    """DeepSeek-V3 on H100 needs two nodes; the planner spreads DP attention + EP over them (vLLM's
-    multi_node_dep): every node serves its 8 local DP ranks, the followers --headless from rank 8 on."""
+    """DeepSeek-V3 on H100 needs two nodes; with expertParallel the plan spreads DP attention + EP over them
+    (vLLM's multi_node_dep recipe; unpinned the planner now prefers MoE TP 16, whose rendering is the next
+    test): every node serves its 8 local DP ranks, the followers --headless from rank 8 on."""
     objs = _render(
         {
             "model": {"name": "deepseek-ai/DeepSeek-V3"},
-            "placement": {"instanceTypes": ["p5.48xlarge"], "tensorParallelSize": 1, "dataParallelSize": 16},
+            "placement": {
+                "instanceTypes": ["p5.48xlarge"],
+                "tensorParallelSize": 1,
+                "dataParallelSize": 16,
+                "expertParallel": True,
+            },
         }
     )
     lws = objs["LeaderWorkerSet"]

@@ -10,6 +10,7 @@ from kubemoe.planner import memory as mem
 from kubemoe.planner.context import Context, batching, build_context, engine_for
 from kubemoe.planner.feasibility import Candidate, candidates, gib
 from kubemoe.planner.layouts import Layout
+from kubemoe.planner.moe import eplb_helps
 from kubemoe.planner.ranking import NEAR_TIE, latency_score, replicas_for
 from kubemoe.planner.sizing import Sizing, footprint
 from kubemoe.planner.types import Alternative, Plan, RecipeComparison
@@ -68,7 +69,12 @@ def _why_lost(strategy: str, best: Candidate, c: Candidate, rank: int) -> str:
             f"{head}: {per_million(e.cost_per_million_tokens)} ({more:+.0f} %), {e.tokens_per_second:.0f} tok/s "
             f"at {e.batch} sequences vs {b.tokens_per_second:.0f} at {b.batch}"
         )
-        if more < 0:
+        if more < 0 and c.layout.devices == best.layout.devices:
+            text += (
+                f"; cheaper per token by less than the {NEAR_TIE:.0%} the estimate can tell apart, with as "
+                f"many accelerators and fewer concurrent sequences ({e.batch} vs {b.batch})"
+            )
+        elif more < 0:
             text += (
                 f"; cheaper per token by less than the {NEAR_TIE:.0%} the estimate can tell apart, with "
                 f"{c.layout.devices} accelerators per replica vs {best.layout.devices}"
@@ -113,10 +119,15 @@ def choice_reason(strategy: str, ctx: Context, best: Candidate, runner_up: Candi
     if cheaper:
         assert runner_up is not None
         low = runner_up.estimate.cost_per_million_tokens if runner_up.estimate else None
+        fewest = f"fewest accelerators ({layout.devices})"
+        if runner_up.layout.devices == layout.devices and runner_up.estimate is not None:
+            fewest = (
+                f"most concurrent sequences ({est.batch} vs {runner_up.estimate.batch}) on as few "
+                f"accelerators ({layout.devices})"
+            )
         why = (
-            f"fewest accelerators ({layout.devices}) among plans within {NEAR_TIE:.0%} of the lowest $ per "
-            f"output token under the SLO ({per_million(low)}, {runner_up.layout.describe()}): "
-            f"{per_million(est.cost_per_million_tokens)}"
+            f"{fewest} among plans within {NEAR_TIE:.0%} of the lowest $ per output token under the SLO "
+            f"({per_million(low)}, {runner_up.layout.describe()}): {per_million(est.cost_per_million_tokens)}"
         )
         text = text.replace(cheapest, why, 1)
     if runner_up is not None and runner_up.estimate is not None:
@@ -125,19 +136,6 @@ def choice_reason(strategy: str, ctx: Context, best: Candidate, runner_up: Candi
             f"{per_million(runner_up.estimate.cost_per_million_tokens)}"
         )
     return text
-
-
-def eplb_helps(ctx: Context, layout: Layout) -> bool:
-    """Expert-parallel load balancing pays where one EP group spans nodes with many experts: a hot expert
-    then stalls every rank of the step (vLLM blog, wide-EP serving). vLLM implements it for these families."""
-    family = ctx.entry.family if ctx.entry else ""
-    return (
-        layout.expert_parallel
-        and layout.nodes > 1
-        and layout.dp > 1
-        and ctx.arch.num_experts >= 64
-        and family in {"deepseek_v2", "deepseek_v3", "kimi_k2", "qwen3_moe"}
-    )
 
 
 def order_alternatives(best: Candidate, ranked: list[Candidate]) -> list[Candidate]:

@@ -128,11 +128,12 @@ def expert_parallel(ctx: Context, tp: int, dp: int) -> bool:
 
 
 def expert_modes(ctx: Context, tp: int, dp: int) -> list[bool]:
-    """Expert-parallel settings to try: the spec's when it sets one; for DP > 1 on a MoE model both EP
-    (whole experts per rank, all-to-all) and MoE TP over all TP x DP ranks (slices of every expert, the DP
-    group's all-gather), which the objective ranks like any other pair of layouts; else the default."""
+    """Expert-parallel settings to try: the spec's when it sets one; for DP > 1 on a MoE model both MoE TP
+    over all TP x DP ranks (slices of every expert) and EP (whole experts per rank), which the objective
+    ranks like any other pair of layouts; else the default. MoE TP, vLLM's default (no
+    --enable-expert-parallel), comes first, so it wins an exact tie."""
     if ctx.spec.placement.expert_parallel is None and ctx.arch.is_moe and dp > 1:
-        return [True, False]
+        return [False, True]
     return [expert_parallel(ctx, tp, dp)]
 
 

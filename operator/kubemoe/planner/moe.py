@@ -4,12 +4,18 @@ messages that bring tokens to the experts.
 Two ways vLLM spreads the experts over the ranks of a replica (`FusedMoEParallelConfig.make` in
 vllm/model_executor/layers/fused_moe/config.py), both over all TP x DP ranks (`Layout.expert_split`):
 
-* expert parallelism (`--enable-expert-parallel`): each rank owns E / (TP x DP) whole experts, and every
-  token goes to the ranks of its k experts (dispatch) and back (combine), an all-to-all;
+* expert parallelism (`--enable-expert-parallel`): each rank owns E / (TP x DP) whole experts. vLLM's
+  default all2all backend, `allgather_reducescatter` (`--all2all-backend`, vllm/config/parallel.py),
+  dispatches with an all-gather of every DP rank's tokens over the DP group and combines with a
+  reduce-scatter (`AgRsAll2AllManager` in vllm/distributed/device_communicators/all2all.py:
+  `dispatch` calls `all_gatherv`, `combine` `reduce_scatterv`), not a sparse all-to-all of the top-k
+  copies; at DP 1 the TP ranks already hold the same tokens and the experts' partial outputs are summed
+  by the layer's TP all-reduce, as with MoE TP. The busiest EP rank sets the step's expert time
+  (`ep_imbalance`). Neuron (NxD Inference) keeps an all-to-all of the top-k tokens;
 * without it, with DP > 1: the experts are tensor-parallel over all TP x DP ranks (vLLM flattens TP across
   DP: moe_tp = DP x TP, moe_ep = 1, aiconfigurator's "moeTp 8, moeEp 1"), so every rank holds a slice of
   every expert's intermediate columns and runs every DP rank's tokens: the DP group all-gathers the
-  tokens before each MoE layer and reduce-scatters the partial sums after it.
+  tokens before each MoE layer and reduce-scatters the partial sums after it, the same messages as EP's.
 """
 
 from __future__ import annotations
@@ -100,14 +106,15 @@ def moe_comm_seconds(
     """Messages of one MoE layer in one step, `tokens` being each DP rank's tokens and `act` the bytes of
     one token's hidden state; `link` the one-direction bandwidth per rank and `latency` one collective's.
 
-    * EP: a dispatch and a combine, each rank's tokens to k experts, (ep - 1) / ep of them remote;
-    * DP without EP: an all-gather of every DP rank's tokens and a reduce-scatter of the partial sums over
-      the DP group, each ring moving (dp - 1) x tokens x act per rank (k does not multiply: a token travels
-      once, to every rank);
-    * neither (TP only): nothing beyond the layer's TP all-reduce, counted with the attention's.
+    * DP > 1 on GPUs, with EP or without: vLLM's all-gather of every DP rank's tokens and reduce-scatter of
+      the outputs over the DP group (EP through the default allgather_reducescatter backend), each ring
+      moving (dp - 1) x tokens x act per rank (k does not multiply: a token travels once, to every rank);
+    * EP on Neuron: a dispatch and a combine, each rank's tokens to k experts, (ep - 1) / ep of them remote;
+    * DP 1 (TP, with EP or without): nothing beyond the layer's TP all-reduce, counted with the attention's.
     """
     arch, dp, tp = ctx.arch, layout.dp, layout.tp
-    if layout.expert_parallel and layout.expert_split > 1:
+    gpu = layout.instance.accelerator_kind == "gpu"
+    if layout.expert_parallel and layout.expert_split > 1 and not gpu:
         ep = layout.expert_split
         routed = tokens if dp > 1 else tokens / tp  # TP ranks share one DP rank's tokens
         sent = routed * arch.experts_per_token * act * (ep - 1) / ep
@@ -115,3 +122,29 @@ def moe_comm_seconds(
     if dp > 1:
         return 2 * (latency + (dp - 1) * tokens * act / link)
     return 0.0
+
+
+def eplb_helps(ctx: Context, layout: Layout) -> bool:
+    """Expert-parallel load balancing pays where one EP group spans nodes with many experts: a hot expert
+    then stalls every rank of the step (vLLM blog, wide-EP serving). vLLM implements it for these families.
+    The plan renders `--enable-eplb` where this holds, and the step is costed with epExpertImbalanceEplb."""
+    family = ctx.entry.family if ctx.entry else ""
+    return (
+        layout.expert_parallel
+        and layout.nodes > 1
+        and layout.dp > 1
+        and ctx.arch.num_experts >= 64
+        and family in {"deepseek_v2", "deepseek_v3", "kimi_k2", "qwen3_moe"}
+    )
+
+
+def ep_imbalance(ctx: Context, layout: Layout) -> float:
+    """The busiest EP rank's expert time over the mean rank's: PlannerSettings.epExpertImbalance, or
+    epExpertImbalanceEplb with --enable-eplb, at the largest EP size the table holds not above this one
+    (1 without EP, and on Neuron, whose kernels the table was not measured on)."""
+    if not layout.expert_parallel or layout.expert_split < 2 or layout.instance.accelerator_kind != "gpu":
+        return 1.0
+    s = ctx.settings
+    table = s.ep_expert_imbalance_eplb if eplb_helps(ctx, layout) else s.ep_expert_imbalance
+    sizes = [n for n in table if n <= layout.expert_split]
+    return table[max(sizes)] if sizes else 1.0

@@ -12,10 +12,11 @@ published vLLM measurements):
   - compute time = 2 x active parameters x (m / decodeComputeEfficiency + p / prefillEfficiency) / tensor
     FLOPs, plus decode attention over the context (for MLA at least the kernel's query-head tile per rank,
     the capability table's mlaHeadTile) and the prompt tokens' attention;
-  - communication = per layer two TP all-reduces and per MoE layer, with expert parallelism, a dispatch
-    and a combine, or, DP without it, the DP group's all-gather and reduce-scatter of the tokens
-    (planner.moe), each `latency + bytes / one-direction link bandwidth` (NVLink/NeuronLink inside a node,
-    the node's EFA share of each device across nodes);
+  - with expert parallelism the experts' FLOP time is the busiest EP rank's (planner.moe.ep_imbalance);
+  - communication = per layer two TP all-reduces and per MoE layer at DP > 1 the DP group's all-gather
+    and reduce-scatter of the tokens (vLLM's default EP dispatch and its MoE TP alike; on Neuron EP's
+    all-to-all; planner.moe), each `latency + bytes / one-direction link bandwidth` (NVLink/NeuronLink
+    inside a node, the node's EFA share of each device across nodes);
 * on GPUs (vLLM's chunked prefill), in steady state m / outputTokens sequences finish per step and as
   many start, so p = m x new input tokens / output tokens: prompts share the decode steps' weight stream,
   which is why memory-bound replicas take prefill almost for free and compute-bound ones do not; a step
@@ -41,6 +42,7 @@ from kubemoe.planner.context import Context, batching
 from kubemoe.planner.layouts import Layout
 from kubemoe.planner.moe import (
     compute_dtype_is_fp8,
+    ep_imbalance,
     experts_touched_mixed,
     moe_comm_seconds,
     moe_gemm_efficiency,
@@ -171,6 +173,7 @@ def stage_step_seconds(
         expert_flops = active_expert_params * dp / layout.expert_split / pp * per_param
     else:  # the fused-MoE kernel's measured rate, one grouped GEMM for decode and prompt tokens alike
         expert_flops = 2 * active_expert_params * tokens_ep / layout.expert_split / pp / (r.peak * moe_eff)
+    expert_flops *= ep_imbalance(ctx, layout)  # with EP the busiest rank's experts set the step
     experts = max(split.expert_bytes / layout.expert_split / pp * touched / r.hbm, expert_flops)
     decode_flops = 2 * m * context * layers * decode_heads_per_rank(ctx, layout) * _attention_width(ctx)
     new = w.input_tokens * (1 - w.prefix_cache_hit_ratio)

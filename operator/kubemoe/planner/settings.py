@@ -97,6 +97,20 @@ class PlannerSettings(BaseModel):
         "wide-GEMM efficiency: TP slices each expert's columns, so Qwen3-235B's 1536 over TP 8 (192) runs "
         "at 0.39 of the wide rate (same fit as moeGemmTokensHalf).",
     )
+    ep_expert_imbalance: dict[int, float] = Field(
+        default_factory=lambda: {2: 1.27, 4: 1.77, 8: 2.54, 16: 3.81, 32: 5.77},
+        description="With expert parallelism the busiest rank sets the step: its expert time over an evenly "
+        "loaded rank's, by EP size (the largest size listed not above the layout's applies; 1 below the "
+        "smallest). Median over H100/H200/B200 of aiconfigurator 0.12.0's measured vLLM 0.24.0 fused-MoE "
+        "kernels, EP n against TP n of the same shapes with power-law routing (alpha 1.01), at kubemoe's "
+        "columns-per-rank factor (hack/calibration/ep_kernels.py): routing skew plus the EP path's own cost "
+        "per rank.",
+    )
+    ep_expert_imbalance_eplb: dict[int, float] = Field(
+        default_factory=lambda: {2: 1.17, 4: 1.47, 8: 1.90, 16: 2.85, 32: 4.78},
+        description="epExpertImbalance with --enable-eplb: the same comparison with aiconfigurator's balanced "
+        "routing (every expert equally loaded), the limit EPLB's rebalancing aims at.",
+    )
     step_overhead_ms: float = Field(
         default=1.0, ge=0, description="Fixed time of a decode step: scheduling, sampling, kernel launches."
     )
