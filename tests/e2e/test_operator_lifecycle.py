@@ -70,7 +70,7 @@ def test_a_created_moemodel_gets_its_children_a_running_pod_and_a_ready_status(
     pod_spec = deploy["spec"]["template"]["spec"]
     container = pod_spec["containers"][0]
     # The planner's choice for this sample by $ per output token (`kubemoe plan -f` shows the same):
-    # DP 8 + EP 8, one p4de node.
+    # DP 8 with the experts tensor-parallel over the 8 GPUs (no --enable-expert-parallel), one p4de node.
     assert container["resources"]["requests"]["nvidia.com/gpu"] == "8"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
     assert pod_spec["nodeSelector"] == {"node.kubernetes.io/instance-type": "p4de.24xlarge"}
@@ -79,11 +79,11 @@ def test_a_created_moemodel_gets_its_children_a_running_pod_and_a_ready_status(
     for arg in (
         "--tensor-parallel-size=1",
         "--data-parallel-size=8",
-        "--enable-expert-parallel",
         "--max-model-len=32768",
         "--served-model-name=mixtral-8x7b",
     ):
         assert arg in args, args
+    assert "--enable-expert-parallel" not in args, args
     assert deploy["spec"]["replicas"] == 1
     assert children["Service"]["spec"]["ports"][0]["port"] == 8000
     assert children["HTTPRoute"]["spec"]["parentRefs"][0]["name"] == "inference-gateway"
