@@ -249,6 +249,26 @@ def _api_writes(kube: Kube) -> Counter[tuple[str, str, str, str]]:
     return _api_requests(kube, WRITE_VERBS)
 
 
+def _op_reads(op: OperatorProcess) -> dict[tuple[str, str], float]:
+    """The operator's ``kubemoe_api_reads_total`` by (verb, kind)."""
+    return {
+        (dict(labels)["verb"], dict(labels)["kind"]): v
+        for (name, labels), v in op.metrics().items()
+        if name == "kubemoe_api_reads_total"
+    }
+
+
+def _our_events(kube: Kube, namespace: str) -> dict[str, str]:
+    """The operator's Events in ``namespace`` (source component kubemoe): uid -> resourceVersion."""
+    status, data = kube.call("GET", f"/api/v1/namespaces/{namespace}/events")
+    assert status == 200
+    return {
+        e["metadata"]["uid"]: e["metadata"]["resourceVersion"]
+        for e in data["items"]
+        if (e.get("source") or {}).get("component") == "kubemoe"
+    }
+
+
 def _quiet_cluster(kube: Kube, namespace: str) -> bool:
     """No other e2e namespace is being torn down (its deletions would show up as writes)."""
     status, data = kube.call("GET", "/api/v1/namespaces", query=[("labelSelector", "kubemoe.dev/e2e")])
@@ -273,18 +293,21 @@ def test_an_unchanged_resync_makes_no_write_and_one_read_per_model_of_the_api_se
         wait_ready(kube, namespace, name)
     wait_for("other test namespaces gone", lambda: _quiet_cluster(kube, namespace), timeout_s=60)
 
-    # Settled: one more full resync period with no write from the operator.
+    # Settled: one more full resync period with no write from the operator, nor any reaching the API
+    # server (the controllers' Events for the rollout, sent late on busy cores, are writes there too).
     def settled() -> bool:
-        before = _writes(running_operator)
+        before, api_before = _writes(running_operator), _api_writes(kube)
         time.sleep(3.5)
-        return _writes(running_operator) == before
+        return _writes(running_operator) == before and _api_writes(kube) == api_before
 
-    wait_for("the operator settled", settled, timeout_s=30, every_s=0)
+    wait_for("the operator settled", settled, timeout_s=60, every_s=0)
+    ours0 = _our_events(kube, namespace)
 
     reconciles0 = running_operator.metric("kubemoe_reconcile_total", kind="MoEModel")
     writes0 = _writes(running_operator)
     api0 = _api_writes(kube)
     reads0 = _api_requests(kube, {"GET", "LIST"})
+    op_reads0 = _op_reads(running_operator)
     # Three resync passes (every 3 s): each reconciles every model once.
     wait_for(
         "three resync passes",
@@ -296,6 +319,7 @@ def test_an_unchanged_resync_makes_no_write_and_one_read_per_model_of_the_api_se
     )
     api1 = _api_writes(kube)
     reads1 = _api_requests(kube, {"GET", "LIST"})
+    op_reads1 = _op_reads(running_operator)
     reconciles1 = running_operator.metric("kubemoe_reconcile_total", kind="MoEModel")
     writes1 = _writes(running_operator)
 
@@ -303,22 +327,40 @@ def test_an_unchanged_resync_makes_no_write_and_one_read_per_model_of_the_api_se
     assert api0[("apps", "deployments", "", "APPLY")] >= 1, dict(api0)
     assert writes1 == writes0, running_operator.metrics()
     diff = {k: api1[k] - api0[k] for k in api1 if api1[k] != api0[k]}
-    assert diff == {}, f"write requests reached the API server during quiet resyncs: {diff}"
+    # An Event can still come late from the cluster's controllers (seen once: one core/v1 POST after a quiet
+    # period); ours are told apart by their source, and none may be new or updated.
+    assert _our_events(kube, namespace) == ours0, "the operator sent an Event during quiet resyncs"
+    others = {k: v for k, v in diff.items() if k[1] != "events"}
+    assert others == {}, f"write requests reached the API server during quiet resyncs: {diff}"
 
-    # Reads: none per reconcile (the models, children and pods all come from the watch-fed cache); a pass
-    # LISTs the owner kinds (its key list), and every fifth pass every cached kind.
+    # Reads, by the operator's own count by verb and kind: none per reconcile (the models, children and pods
+    # all come from the watch-fed cache); a pass LISTs the owner kinds (its key list), and every fifth pass
+    # every cached kind. The API server's count holds other clients too: CI once saw more LISTs of a kind
+    # than passes, and a run here 5 GETs of MoEModels, one per model, on a fresh cluster. Likely (not
+    # confirmed) kube-controller-manager's garbage collector, which GETs owners of a kind it has no informer
+    # for yet and LISTs a kind it discovers late, such as a CRD another test re-created.
+    op_reads = {
+        k: op_reads1[k] - op_reads0.get(k, 0) for k in op_reads1 if op_reads1[k] != op_reads0.get(k, 0)
+    }
     reads = {k: reads1[k] - reads0[k] for k in reads1 if reads1[k] != reads0[k]}
     reconciles = reconciles1 - reconciles0
     passes = reconciles / len(names) + 1  # a pass may have begun before the window and ended in it
-    gets = {k: v for k, v in reads.items() if k[3] == "GET"}
+    gets = {k: v for k, v in op_reads.items() if k[0] == "GET" and k[1] != "discovery"}
     assert not gets, f"objects read one by one: {gets}"
-    lists = {k: v for k, v in reads.items() if k[3] == "LIST"}
-    assert all(v <= passes for v in lists.values()), (lists, passes)
+    lists = {k: v for k, v in op_reads.items() if k[0] == "LIST"}
+    assert lists, f"no LIST in {passes:g} passes: the count is not read right ({op_reads})"
+    assert all(v <= passes for v in lists.values()), f"LISTs {sorted(lists.items())} in {passes:g} passes"
+    # The operator's count is not an under-count: the API server saw at least as many LISTs of each kind.
+    plural = {"MoEModel": "moemodels", "MoAPipeline": "moapipelines"}
+    for (_, kind), v in lists.items():
+        if kind in plural:
+            seen = sum(n for k, n in reads.items() if k[1] == plural[kind] and k[3] == "LIST")
+            assert seen >= v, (kind, v, reads)
     total = sum(reads.values())
     print(
         f"{len(names)} models, {reconciles:.0f} reconciles: {total} reads ({total / reconciles:.2f} per reconcile)"
     )
-    print(f"reads by resource: {reads}")
+    print(f"reads by resource (API server): {reads}; the operator's: {op_reads}")
 
 
 @pytest.mark.e2e

@@ -122,7 +122,9 @@ class KubeClient:
         body: Any = None,
         query: list[tuple[str, str]] | None = None,
         content_type: str = "application/json",
+        read: tuple[str, str] = ("GET", ""),
     ) -> Any:
+        """One request; ``read`` names a GET for the reads metric: (GET or LIST, the kind)."""
         method, url, headers, payload, _ = self.api.param_serialize(
             verb,
             path,
@@ -132,7 +134,7 @@ class KubeClient:
             auth_settings=["BearerToken"],
         )
         if verb == "GET":
-            metrics.READS.labels(verb="GET").inc()
+            metrics.READS.labels(verb=read[0], kind=read[1]).inc()
         try:
             response = self.api.call_api(
                 method, url, header_params=headers, body=payload, _request_timeout=(10, 60)
@@ -161,14 +163,14 @@ class KubeClient:
     # ---------------------------------------------------------------- reads
     def get(self, kind: Kind, namespace: str | None, name: str) -> dict[str, Any] | None:
         try:
-            obj: dict[str, Any] = self._call("GET", f"{kind.base(namespace)}/{name}")
+            obj: dict[str, Any] = self._call("GET", f"{kind.base(namespace)}/{name}", read=("GET", kind.kind))
             return obj
         except NotFound:
             return None
 
     def list(self, kind: Kind, namespace: str | None, label_selector: str = "") -> list[dict[str, Any]]:
         query = [("labelSelector", label_selector)] if label_selector else []
-        result = self._call("GET", kind.base(namespace), query=query)
+        result = self._call("GET", kind.base(namespace), query=query, read=("LIST", kind.kind))
         items: list[dict[str, Any]] = result.get("items", [])
         for item in items:  # list items carry no kind/apiVersion
             item.setdefault("apiVersion", kind.api_version)
@@ -185,7 +187,7 @@ class KubeClient:
         now = time.monotonic()
         if seen is None or now - seen[1] >= self._api_check_ttl:
             try:
-                listing = self._call("GET", f"/apis/{kind.api_version}")
+                listing = self._call("GET", f"/apis/{kind.api_version}", read=("GET", "discovery"))
                 plurals = frozenset(str(r.get("name")) for r in listing.get("resources", []))
             except NotFound:
                 plurals = frozenset()

@@ -48,8 +48,9 @@ WRITES = Counter(
 )
 READS = Counter(
     "kubemoe_api_reads_total",
-    "Reads the operator made of the API server (not counting watch streams), by verb.",
-    ["verb"],
+    "Reads the operator made of the API server (not counting watch streams), by verb (GET, LIST) and kind "
+    "(discovery for its API group checks).",
+    ["verb", "kind"],
     registry=REGISTRY,
 )
 QUEUE_DEPTH = Gauge("kubemoe_queue_depth", "Objects waiting for a reconcile.", registry=REGISTRY)
