@@ -10,9 +10,9 @@ how many of kubemoe's choices are in aiconfigurator's top three.
 
 "The same layout" is aiconfigurator's as vLLM runs it: its rows are MoE EP 1 (moeTp = TP x DP), i.e. vLLM's
 DP without --enable-expert-parallel, experts TP-sharded over all TP x DP ranks, which kubemoe plans as
-`DP n (MoE TP n)` (`same_layout`). A choice is in the top three when its TP and DP match a row's and, at
-DP > 1, where kubemoe plans both, its EP mode does too (`in_top3`); at DP 1 kubemoe's TP + EP stands for
-vLLM's TP (the two differ only in the expert kernel's shape).
+`DP n (MoE TP n)` or, at DP 1, `TP n (MoE TP n)` (`same_layout`). A choice is in the top three when its TP
+and DP match a row's and, by expert mode, its EP mode does too (`in_top3`): kubemoe plans both modes
+wherever the experts span more than one rank.
 
     .venv/bin/python hack/calibration/table.py
 """
@@ -47,12 +47,12 @@ def same_layout(inst: InstanceEntry, row: dict[str, Any]) -> Layout:
 
 def in_top3(plan: Plan, rows: list[dict[str, Any]], *, strict: bool) -> bool:
     """Whether kubemoe's choice is one of aiconfigurator's first three rows: the same TP x DP (what
-    tests/unit/test_recipe_calibration.py records as kubemoeInTop3), and with `strict` at DP > 1, where
-    kubemoe plans both, the same expert mode too (aiconfigurator's rows here are all MoE EP 1)."""
+    tests/unit/test_recipe_calibration.py records as kubemoeInTop3), and with `strict` the same expert
+    mode too (aiconfigurator's rows here are all MoE EP 1); kubemoe plans both modes at DP 1 as at DP > 1."""
     for row in rows[:3]:
         if (row["tp"], row["dp"]) != (plan.tensor_parallel_size, plan.data_parallel_size):
             continue
-        if not strict or row["dp"] == 1 or plan.expert_parallel == (row["moeEp"] > 1):
+        if not strict or plan.expert_parallel == (row["moeEp"] > 1):
             return True
     return False
 
@@ -60,7 +60,7 @@ def in_top3(plan: Plan, rows: list[dict[str, Any]], *, strict: bool) -> bool:
 def _layout(plan: Plan) -> str:
     tp, dp, ep = plan.tensor_parallel_size, plan.data_parallel_size, plan.expert_parallel_size
     parts = [f"TP {tp}" if tp > 1 else "", f"DP {dp}" if dp > 1 else "", f"EP {ep}" if ep > 1 else ""]
-    if dp > 1 and not plan.expert_parallel:
+    if tp * dp > 1 and not plan.expert_parallel:
         parts.append(f"MoE TP {tp * dp}")
     return " x ".join(p for p in parts if p) or "TP 1"
 

@@ -94,7 +94,7 @@ GOLDEN = [
             tp=8,
             pp=1,
             dp=1,
-            ep=8,
+            ep=0,
             nodes=1,
             devices=4,
             engine="neuronx",
@@ -108,16 +108,20 @@ GOLDEN = [
         # KV/seq = 32 x 2 x 1 (8 kv heads / 8) x 128 x 2 x 32768 = 0.5 GiB -> 4 sequences.
         # Cost 12.98127 x 4 / 12 = $4.33/h. Cheaper layouts fail: inf2 TP 4 (2 chips, $2.16) needs
         # 21.75 GiB/core > 14.40; every GPU layout that fits costs more (p4de TP 2 $6.86, p4d TP 4 $10.98).
+        # ep 0, MoE TP 8 (was TP 8 + EP 8): DP 1 now tries both expert modes; they hold the same bytes
+        # per rank (experts / 8 either way) and MoE TP, vLLM's default, has no EP load imbalance.
         id="mixtral-8x7b-on-inf2-is-tp8-on-four-neuron-chips",
     ),
     pytest.param(
         MIXTRAL_8X7B,
         {},
         {"instanceTypes": ["p4d.24xlarge"]},
-        its(instance="p4d.24xlarge", tp=4, pp=1, dp=1, ep=4, nodes=1, devices=4, seqs=11, weights_gib=21.75),
+        its(instance="p4d.24xlarge", tp=4, pp=1, dp=1, ep=0, nodes=1, devices=4, seqs=11, weights_gib=21.75),
         # A100-40GB: 40536 MiB = 39.59 GiB, usable 35.63 GiB. TP 2: 93.40 / 2 = 46.70 GB = 43.49 GiB > 35.63.
         # TP 4: 23.35 GB = 21.75 GiB; 35.63 - 21.75 - 0.29 act - 1.8 overhead = 11.79 GiB KV;
         # KV/seq = 32 x 2 x 2 (8/4 heads) x 128 x 2 x 32768 = 1 GiB -> 11 sequences; 4 of 8 GPUs ($10.98/h).
+        # ep 0, MoE TP 4 (was TP 4 + EP 4): DP 1 now tries both expert modes; they hold the same bytes
+        # per rank (experts / 4 either way) and MoE TP, vLLM's default, has no EP load imbalance.
         id="mixtral-8x7b-on-p4d-only-needs-tp4-because-tp2-weights-exceed-an-a100-40gb",
     ),
     pytest.param(
@@ -126,12 +130,14 @@ GOLDEN = [
         # DP 1: the TP memory arithmetic below; at the same eight GPUs DP 8 (MoE TP 8) now ranks first by
         # $/M tokens (it holds fewer 64k sequences but more of the 2500-token workload per second).
         {"instanceTypes": ["p5.48xlarge"], "dataParallelSize": 1},
-        its(instance="p5.48xlarge", tp=8, pp=1, dp=1, ep=8, nodes=1, devices=8, seqs=20, kv_token=28672),
+        its(instance="p5.48xlarge", tp=8, pp=1, dp=1, ep=0, nodes=1, devices=8, seqs=20, kv_token=28672),
         # Mixtral-8x22B: experts 56 x 8 x 3 x 6144 x 16384 = 135.29B, others 5.31B; bf16 281.20 GB.
         # H100: 81559 MiB = 79.65 GiB, usable 71.68 GiB. TP 4: 70.30 GB = 65.47 GiB + 1.53 act + 1.8 =
         # 68.80 -> 2.88 GiB left, but one 64k sequence needs 56 x 2 x 2 x 128 x 2 x 65536 = 3.5 GiB: no fit.
         # TP 8: 35.15 GB = 32.74 GiB; 71.68 - 32.74 - 1.25 - 1.8 = 35.90 GiB; KV/token/rank =
         # 56 x 2 x 1 x 128 x 2 = 28672 B; a 64k sequence 1.75 GiB -> floor(20.5) = 20 sequences.
+        # ep 0, MoE TP 8 (was TP 8 + EP 8): DP 1 now tries both expert modes; they hold the same bytes
+        # per rank (experts / 8 either way) and MoE TP, vLLM's default, has no EP load imbalance.
         id="mixtral-8x22b-at-64k-on-p5-needs-tp8-because-tp4-leaves-no-room-for-one-sequence",
     ),
     pytest.param(
@@ -223,32 +229,38 @@ GOLDEN = [
         DEEPSEEK_V3,
         {},
         {"instanceTypes": ["p5en.48xlarge"], "tensorParallelSize": 8},
-        its(instance="p5en.48xlarge", tp=8, pp=1, dp=1, ep=8, nodes=1, devices=8, seqs=20, kv_token=70272),
+        its(instance="p5en.48xlarge", tp=8, pp=1, dp=1, ep=0, nodes=1, devices=8, seqs=20, kv_token=70272),
         # H200: 143771 MiB = 140.40 GiB, usable 126.36 GiB. TP 4: 167.75 GB = 156.23 GiB > usable.
         # TP 8: 78.11 GiB; 126.36 - 78.11 - 2.60 act (8192 tokens) - 1.8 = 43.84 GiB; KV/token/rank =
         # 61 x 1152 = 70272 B at TP 8 (MLA: same at any TP); a 32768-token sequence 2.14 GiB -> 20.
+        # ep 0, MoE TP 8 (was TP 8 + EP 8): DP 1 now tries both expert modes; they hold the same bytes
+        # per rank (experts / 8 either way) and MoE TP, vLLM's default, has no EP load imbalance.
         id="deepseek-v3-fits-a-single-h200-node-at-tp8",
     ),
     pytest.param(
         DEEPSEEK_V3,
         {},
         {"strategy": "lowest-latency", "tensorParallelSize": 8},
-        its(instance="p6-b200.48xlarge", tp=8, pp=1, dp=1, ep=8, nodes=1, devices=8, seqs=35),
+        its(instance="p6-b200.48xlarge", tp=8, pp=1, dp=1, ep=0, nodes=1, devices=8, seqs=35),
         # lowest-latency ranks nodes first, then active bytes / bandwidth: single-node fits are p5e/p5en TP 8
         # (4800 GB/s) and B200 TP 8 (8000 GB/s) -> B200. 179.06 GiB x 0.9 = 161.16 usable - 78.11 - 4.71 act
         # (16384 tokens) - 1.8 = 76.53 GiB / 2.14 GiB per sequence -> 35. (B200 TP 4: 156.23 + 4.99 + 1.8 >
         # 161.16.)
+        # ep 0, MoE TP 8 (was TP 8 + EP 8): DP 1 now tries both expert modes; they hold the same bytes
+        # per rank (experts / 8 either way) and MoE TP, vLLM's default, has no EP load imbalance.
         id="deepseek-v3-tp8-on-one-b200-node",
     ),
     pytest.param(
         QWEN3_235B,
         {},
         {"tensorParallelSize": 8},
-        its(instance="p4de.24xlarge", tp=8, pp=1, dp=1, ep=8, nodes=1, devices=8, seqs=10, kv_token=48128),
+        its(instance="p4de.24xlarge", tp=8, pp=1, dp=1, ep=0, nodes=1, devices=8, seqs=10, kv_token=48128),
         # Qwen3-235B: experts 94 x 128 x 3 x 4096 x 1536 = 227.10B, others 8.00B; bf16 470.20 GB.
         # p4de TP 4: 117.55 GB = 109.48 GiB > 72. TP 8: 58.77 GB = 54.74 GiB; 72 - 54.74 - 0.45 - 1.8 =
         # 15.01 GiB; 4 KV heads / TP 8 -> max(1, 0) = 1 head per rank: 94 x 2 x 1 x 128 x 2 = 48128 B/token;
         # a sequence 1.47 GiB -> 10. $27.45/h beats p4d TP 8 x PP 2 ($43.92) and p5en TP 4 ($31.65).
+        # ep 0, MoE TP 8 (was TP 8 + EP 8): DP 1 now tries both expert modes; they hold the same bytes
+        # per rank (experts / 8 either way) and MoE TP, vLLM's default, has no EP load imbalance.
         id="qwen3-235b-on-p4de-at-tp8-has-one-kv-head-per-rank",
     ),
     pytest.param(
@@ -308,31 +320,37 @@ GOLDEN = [
         GPT_OSS_120B,
         {},
         {"accelerator": "neuron"},
-        its(instance="trn2.48xlarge", tp=4, pp=1, dp=1, ep=4, nodes=1, devices=1, engine="neuronx", seqs=17),
+        its(instance="trn2.48xlarge", tp=4, pp=1, dp=1, ep=0, nodes=1, devices=1, engine="neuronx", seqs=17),
         # vllm-neuron runs on Trn2 only. 24 GiB per NeuronCore, usable 21.60. TP 2: 32.60 GB = 30.36 GiB,
         # no. TP 4 (4 cores = 1 chip): 16.30 GB = 15.18 GiB; 21.60 - 15.18 - 0.37 - 1.0 = 5.05 GiB;
         # KV/seq = (18 x 32768 + 18 x 128) x 2 x 2 (8/4) x 64 x 2 = 0.28 GiB -> 17.
+        # ep 0, MoE TP 4 (was TP 4 + EP 4): DP 1 now tries both expert modes; they hold the same bytes
+        # per rank (experts / 4 either way) and MoE TP, vLLM's default, has no EP load imbalance.
         id="gpt-oss-120b-on-neuron-is-trn2-tp4-counting-neuroncores-one-chip",
     ),
     pytest.param(
         SCOUT,
         {"kvCacheDtype": "fp8"},
         {"accelerator": "gpu"},
-        its(instance="p4de.24xlarge", tp=4, pp=1, dp=1, ep=4, nodes=1, devices=4, seqs=58, kv_token=24576),
+        its(instance="p4de.24xlarge", tp=4, pp=1, dp=1, ep=0, nodes=1, devices=4, seqs=58, kv_token=24576),
         # Scout: experts 48 x 16 x 3 x 5120 x 8192 = 96.64B, others 12.36B; bf16 218 GB. p4de TP 4:
         # 54.50 GB = 50.76 GiB; 72 - 50.76 - 0.37 - 1.8 = 19.07 GiB. fp8 KV, 1 B: 2 x 2 x 128 x 1 = 512 B
         # per layer -> 48 x 512 = 24576 B/token/rank; a sequence: 12 global layers x 32768 + 36 chunked
         # layers x 8192 = 688128 token-layers x 512 = 0.33 GiB -> 58. $13.72/h; TP 2 needs 101.51 GiB;
         # p5en TP 2 costs $15.82, p4d TP 8 $21.96.
+        # ep 0, MoE TP 4 (was TP 4 + EP 4): DP 1 now tries both expert modes; they hold the same bytes
+        # per rank (experts / 4 either way) and MoE TP, vLLM's default, has no EP load imbalance.
         id="llama-4-scout-with-fp8-kv-cache-holds-58-sequences-on-half-a-p4de",
     ),
     pytest.param(
         SCOUT,
         {},
         {"accelerator": "gpu"},
-        its(instance="p4de.24xlarge", tp=4, pp=1, dp=1, ep=4, nodes=1, devices=4, seqs=29, kv_token=49152),
+        its(instance="p4de.24xlarge", tp=4, pp=1, dp=1, ep=0, nodes=1, devices=4, seqs=29, kv_token=49152),
         # Same layout with bf16 KV: 1024 B per layer, 0.66 GiB per sequence -> floor(19.07 / 0.656) = 29,
         # half the fp8 count.
+        # ep 0, MoE TP 4 (was TP 4 + EP 4): DP 1 now tries both expert modes; they hold the same bytes
+        # per rank (experts / 4 either way) and MoE TP, vLLM's default, has no EP load imbalance.
         id="llama-4-scout-with-auto-kv-cache-holds-half-as-many-sequences",
     ),
     pytest.param(
@@ -401,9 +419,11 @@ GOLDEN = [
         MIXTRAL_8X7B,
         {},
         {"instanceTypes": ["trn2.48xlarge"]},
-        its(instance="trn2.48xlarge", tp=8, pp=1, dp=1, ep=8, nodes=1, devices=2, engine="neuronx", seqs=18),
+        its(instance="trn2.48xlarge", tp=8, pp=1, dp=1, ep=0, nodes=1, devices=2, engine="neuronx", seqs=18),
         # TP 4 (one chip): 23.35 GB = 21.75 GiB > 21.60 usable. TP 8 = 2 chips: 10.87 GiB;
         # 21.60 - 10.87 - 0.23 - 1.0 = 9.49 GiB / 0.5 GiB per sequence -> 18.
+        # ep 0, MoE TP 8 (was TP 8 + EP 8): DP 1 now tries both expert modes; they hold the same bytes
+        # per rank (experts / 8 either way) and MoE TP, vLLM's default, has no EP load imbalance.
         id="mixtral-8x7b-on-trn2-takes-eight-neuroncores-on-two-chips",
     ),
     pytest.param(
@@ -420,9 +440,11 @@ GOLDEN = [
         MIXTRAL_8X7B,
         {},
         {"strategy": "lowest-latency", "tensorParallelSize": 8},
-        its(instance="p6-b200.48xlarge", tp=8, pp=1, dp=1, ep=8, nodes=1, devices=8),
+        its(instance="p6-b200.48xlarge", tp=8, pp=1, dp=1, ep=0, nodes=1, devices=8),
         # Every layout is one node; the fastest streams the fewest active bytes per bandwidth:
         # B200 TP 8: (3.21 / 8 + 90.19 x 2/8 / 8) GB / 8000 GB/s beats every H100/H200/Trn2 layout.
+        # ep 0, MoE TP 8 (was TP 8 + EP 8): DP 1 now tries both expert modes; they hold the same bytes
+        # per rank (experts / 8 either way) and MoE TP, vLLM's default, has no EP load imbalance.
         id="mixtral-8x7b-tp8-on-b200",
     ),
     pytest.param(
@@ -439,10 +461,12 @@ GOLDEN = [
         {"quantization": "fp8"},
         {"instanceTypes": ["p4d.24xlarge"]},
         its(
-            instance="p4d.24xlarge", tp=2, pp=1, dp=1, ep=2, nodes=1, devices=2, seqs=5, weights_total_gb=46.7
+            instance="p4d.24xlarge", tp=2, pp=1, dp=1, ep=0, nodes=1, devices=2, seqs=5, weights_total_gb=46.7
         ),
         # fp8 halves the bf16 weights: 46.70 GB. TP 1: 43.49 GiB > 35.63. TP 2: 21.75 GiB;
         # 35.63 - 21.75 - 0.42 - 1.8 = 11.66 GiB / 2 GiB per sequence (TP 2: 4 KV heads) -> 5.
+        # ep 0, MoE TP 2 (was TP 2 + EP 2): DP 1 now tries both expert modes; they hold the same bytes
+        # per rank (experts / 2 either way) and MoE TP, vLLM's default, has no EP load imbalance.
         id="mixtral-8x7b-quantized-to-fp8-fits-the-guides-tp2-on-p4d",
     ),
     pytest.param(
@@ -450,10 +474,12 @@ GOLDEN = [
         {"quantization": "awq"},
         {"instanceTypes": ["g5.12xlarge"]},
         its(
-            instance="g5.12xlarge", tp=2, pp=1, dp=1, ep=2, nodes=1, devices=2, seqs=3, weights_total_gb=23.35
+            instance="g5.12xlarge", tp=2, pp=1, dp=1, ep=0, nodes=1, devices=2, seqs=3, weights_total_gb=23.35
         ),
         # awq: 0.5 B/param -> 23.35 GB. TP 1: 21.75 GiB > 20.24 usable on an A10G. TP 2: 10.87 GiB;
         # 20.24 - 10.87 - 0.42 - 1.8 = 7.15 GiB / 2 GiB -> 3; $5.672 / 2 = $2.84/h.
+        # ep 0, MoE TP 2 (was TP 2 + EP 2): DP 1 now tries both expert modes; they hold the same bytes
+        # per rank (experts / 2 either way) and MoE TP, vLLM's default, has no EP load imbalance.
         id="mixtral-8x7b-awq-fits-two-a10g",
     ),
     pytest.param(
@@ -531,13 +557,14 @@ ERRORS = [
         {},
         {"instanceTypes": ["p4d.24xlarge"], "tensorParallelSize": 2},
         PlanReason.INSUFFICIENT_MEMORY,
-        ["46.7 GB", "A100-40GB", "DP 8 (MoE TP 8) on p4d.24xlarge"],
+        ["46.7 GB", "A100-40GB", "TP 4 (MoE TP 4) on p4d.24xlarge"],
         # The widely-copied guide: 93.40 GB / 2 = 46.70 GB (43.49 GiB) per GPU > 35.63 GiB usable of a
-        # 40536 MiB A100; the planner's own choice on p4d is DP 8 (MoE TP 8) (each rank 13.5 GiB of weights
-        # and 19.2 GiB of KV, against TP 4's 11.8 GiB: more sequences per GPU). DP 8 + EP 8 has the same
-        # memory and, with vLLM's default allgather_reducescatter dispatch, the same messages, but its
-        # busiest EP rank takes epExpertImbalance[8] = 2.54x the mean expert time: 128 sequences within
-        # TPOT 50 ms against 272, $2.285 against $1.114/M tokens.
+        # 40536 MiB A100; the planner's own choice on p4d is TP 4 (MoE TP 4), vLLM's plain TP: 4 GPUs
+        # ($10.98/h), 2755 tok/s at 137 sequences within TPOT 50 ms, $1.107/M tokens, just ahead of DP 8
+        # (MoE TP 8) on all 8 GPUs ($21.96/h, 5474 tok/s at 272, $1.114/M; each rank 13.5 GiB of weights
+        # and 19.2 GiB of KV against TP 4's 21.75 and 11.8). TP 4 + EP 4 has the same memory but its
+        # busiest EP rank takes epExpertImbalance[4] = 1.77x the mean expert time: 92 sequences, $1.651/M.
+        # (Before DP 1 tried MoE TP it planned TP 4 + EP 4 only, and DP 8 (MoE TP 8) won.)
         id="the-guides-mixtral-8x7b-bf16-tp2-on-p4d-is-insufficient-memory-and-names-tp4",
     ),
     pytest.param(
@@ -578,7 +605,7 @@ ERRORS = [
         {},
         {"instanceTypes": ["p4d.24xlarge"], "tensorParallelSize": 16},
         PlanReason.INVALID_PARALLELISM,
-        ["exceeds the 8 GPUs", "DP 8 (MoE TP 8) on p4d.24xlarge"],  # the choice above
+        ["exceeds the 8 GPUs", "TP 4 (MoE TP 4) on p4d.24xlarge"],  # the choice above (TP 4, MoE TP 4)
         id="a-tp-larger-than-a-node-is-invalid-parallelism",
     ),
     pytest.param(

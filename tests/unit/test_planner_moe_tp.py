@@ -82,7 +82,11 @@ def test_the_shape_text_tells_the_two_dp_layouts_apart(catalog: Catalog) -> None
     assert Layout(inst, 1, 1, 8, True).shape() == "DP 8 + EP 8"
     assert Layout(inst, 1, 1, 8, False).shape() == "DP 8 (MoE TP 8)"
     assert Layout(inst, 2, 1, 4, False).shape() == "TP 2 x DP 4 (MoE TP 8)"
-    assert Layout(inst, 8, 1, 1, False).shape() == "TP 8"  # MoE TP = TP: nothing to add
+    # DP 1 plans both modes too, so TP alone says which: vLLM's plain TP shards every expert over the TP ranks.
+    assert Layout(inst, 8, 1, 1, False).shape() == "TP 8 (MoE TP 8)"
+    assert Layout(inst, 8, 1, 1, True).shape() == "TP 8 + EP 8"
+    assert Layout(inst, 1, 1, 1, False).shape() == "TP 1"  # one rank: no expert split to name
+    assert Layout(inst, 8, 1, 1, False, moe=False).shape() == "TP 8"  # a dense model has no experts
     assert Layout(inst, 1, 1, 2, False, moe=False).shape() == "DP 2"  # a dense model has no MoE TP group
     assert Layout(inst, 1, 1, 8, False).expert_split == Layout(inst, 1, 1, 8, True).expert_split == 8
 
@@ -123,18 +127,24 @@ def test_both_dp_layouts_are_ranked_side_by_side_by_the_objective(catalog: Catal
     For Mixtral on H100 the two move the same messages (vLLM's default EP dispatch is the DP group's
     all-gather) and EP's whole experts run the fused-MoE GEMM at a better shape factor (14336 / 14636 =
     0.98 against 1792 / 2092 = 0.86), but the busiest of 8 EP ranks takes epExpertImbalance[8] = 2.54x the
-    mean: 2.54 x 0.86 / 0.98 = 2.2x MoE TP's expert time, so MoE TP ranks first ($0.944 against $1.577/M
-    tokens, aiconfigurator's choice of mode too)."""
+    mean: 2.54 x 0.86 / 0.98 = 2.2x MoE TP's expert time, so MoE TP ranks above it ($0.944 against $1.577/M
+    tokens, aiconfigurator's choice of mode too). The plan itself is TP 4 (MoE TP 4), vLLM's plain TP on
+    half the node, since DP 1 tries MoE TP as well: $0.922/M tokens, 2 % under DP 8 (MoE TP 8)."""
     plan = plan_placement(spec(MIXTRAL_8X7B, {"instanceTypes": ["p5.48xlarge"]}), catalog)
     by_layout = {a.layout: a for a in plan.alternatives}
-    assert plan.layout == "DP 8 (MoE TP 8) on p5.48xlarge"
+    assert plan.layout == "TP 4 (MoE TP 4) on p5.48xlarge"
     assert not plan.expert_parallel
+    dp8 = by_layout["DP 8 (MoE TP 8) on p5.48xlarge"]
+    assert dp8.feasible
+    assert not dp8.expert_parallel
     ep = by_layout["DP 8 + EP 8 on p5.48xlarge"]
     assert ep.feasible
     assert ep.expert_parallel
     assert ep.cost_per_million_tokens is not None
+    assert dp8.cost_per_million_tokens is not None
     assert plan.cost_per_million_tokens is not None
-    assert ep.cost_per_million_tokens > 1.5 * plan.cost_per_million_tokens
+    assert plan.cost_per_million_tokens < dp8.cost_per_million_tokens
+    assert ep.cost_per_million_tokens > 1.5 * dp8.cost_per_million_tokens
     assert "by cheapest" in ep.reason
     # DeepSeek-V3 on H200: the step is bound by the expert weights each rank reads at small batches, and
     # at the batches the SLO allows EP 8's busiest rank costs more than MoE TP's narrower slices.

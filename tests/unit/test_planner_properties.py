@@ -257,7 +257,9 @@ def check_plan(g: dict[str, Any], plan: Plan) -> None:
         # DP + EP, or DP with the experts TP-sharded over all TP x DP ranks (MoE TP): the objective chose.
         assert arch.is_moe
     else:
-        assert plan.expert_parallel == (arch.is_moe and tp > 1)
+        # DP 1: EP only for a MoE model over more than one TP rank, where the objective also tried MoE TP
+        # (vLLM's plain TP, no --enable-expert-parallel); one rank has neither.
+        assert not plan.expert_parallel or (arch.is_moe and tp > 1)
     assert plan.expert_parallel_size == (tp * dp if plan.expert_parallel else 0)
     assert plan.engine == ("vllm" if inst.accelerator_kind == "gpu" else "neuronx")
     assert plan.max_model_len == req.max_model_len
@@ -317,7 +319,7 @@ def check_error(g: dict[str, Any], err: PlanningError) -> None:
     # Brute force over the documented search space: nothing fits.
     for inst in instances:
         for tp, pp, dp in searched_layouts(req.arch, inst):
-            for ep in [True, False] if dp > 1 and req.arch.is_moe else [None]:
+            for ep in [True, False] if tp * dp > 1 and req.arch.is_moe else [None]:
                 assert sequences(req, inst, tp, pp, dp, ep) == 0, (inst.name, tp, pp, dp, ep, err.message)
 
 

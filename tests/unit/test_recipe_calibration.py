@@ -110,7 +110,8 @@ def test_the_calibration_covers_every_system_aiconfigurator_shares_with_the_cata
     assert len(CALIBRATION) >= 13
     assert {e["instanceType"] for e in CALIBRATION} == {"p5.48xlarge", "p5en.48xlarge", "p6-b200.48xlarge"}
     assert sum(1 for e in CALIBRATION if e["tolerance"] <= 0.25) >= 4
-    # 11 of 13: Mixtral-8x7B on H200 and on B200 (one-GPU replicas; see calibration.yaml) are not.
+    # 11 of 13: Mixtral-8x7B on B200 (a one-GPU replica) and Mixtral-8x22B on B200 (TP 4 (MoE TP 4), 1 %
+    # under aiconfigurator's DP 8; see calibration.yaml) are not.
     assert sum(1 for e in CALIBRATION if e["kubemoeInTop3"]) >= 11
 
 

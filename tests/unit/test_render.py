@@ -69,7 +69,6 @@ def test_vllm_command_line_carries_every_planned_figure() -> None:
     assert args[:3] == ["vllm", "serve", "mistralai/Mixtral-8x7B-Instruct-v0.1"]
     for flag in (
         "--tensor-parallel-size=2",
-        "--enable-expert-parallel",
         "--max-model-len=32768",
         "--gpu-memory-utilization=0.9",
         "--max-num-seqs=256",
@@ -79,6 +78,23 @@ def test_vllm_command_line_carries_every_planned_figure() -> None:
     ):
         assert flag in args
     assert not any(a.startswith("--speculative-model") for a in args)
+    # TP 2 at DP 1 is planned as vLLM's plain TP, the experts sharded over both ranks (MoE TP 2): it ranks
+    # above TP 2 + EP 2, whose busiest EP rank takes epExpertImbalance[2] = 1.27x the mean expert time.
+    assert "--enable-expert-parallel" not in args
+
+
+def test_dp1_tp4_moe_tp_renders_plain_tp_and_expert_parallel_true_still_forces_ep() -> None:
+    """DP 1, TP 4 on a MoE model: unpinned, MoE TP 4 wins (no --enable-expert-parallel, vLLM's default at
+    DP 1); `expertParallel: true` keeps the user's TP 4 + EP 4."""
+    placement = {"instanceTypes": ["p4d.24xlarge"], "tensorParallelSize": 4}
+    plain = _render({"model": MIXTRAL["model"], "placement": placement})
+    args = _container(plain)["command"]
+    assert "--tensor-parallel-size=4" in args
+    assert not any(a.startswith("--data-parallel-size") for a in args)
+    assert "--enable-expert-parallel" not in args
+    forced = _render({"model": MIXTRAL["model"], "placement": {**placement, "expertParallel": True}})
+    assert "--tensor-parallel-size=4" in _container(forced)["command"]
+    assert "--enable-expert-parallel" in _container(forced)["command"]
 
 
 def test_pod_requests_plan_accelerators_on_the_instance_type_with_taint_tolerations() -> None:

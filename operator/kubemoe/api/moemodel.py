@@ -411,8 +411,8 @@ class Placement(KubeModel):
     )
     expert_parallel: bool | None = Field(
         default=None,
-        description="Expert parallelism (--enable-expert-parallel). Default: the planner tries both at DP > 1 "
-        "(false: experts TP-sharded over all TP x DP ranks) and turns it on for TP alone on MoE models.",
+        description="Expert parallelism (--enable-expert-parallel). Default: the planner tries both on MoE "
+        "models over more than one rank (false: experts TP-sharded over all TP x DP ranks, vLLM's default).",
     )
     node_selector: NodeSelector = Field(
         default_factory=dict,

@@ -199,6 +199,11 @@ def notes_for(ctx: Context, layout: Layout) -> list[str]:
             f"tensor-parallel over all {layout.expert_split} ranks; each MoE layer all-gathers the DP ranks' "
             "tokens and reduce-scatters the results"
         )
+    elif layout.expert_split > 1 and not layout.expert_parallel and ctx.arch.is_moe:
+        notes.append(
+            f"MoE TP {layout.expert_split}: without --enable-expert-parallel every expert is sharded "
+            f"tensor-parallel over the {layout.tp} TP ranks, which run every token (no EP load imbalance)"
+        )
     if ctx.spec.serving.target is not None and ctx.spec.replicas is not None:
         notes.append("spec.replicas is set, so it is kept; the target's replica count is only reported")
     return notes

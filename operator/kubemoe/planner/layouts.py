@@ -81,9 +81,10 @@ class Layout:
         return round(price * self.nodes * self.devices_per_node / self.instance.devices_per_node, 4)
 
     def shape(self) -> str:
-        """e.g. `DP 8 + EP 8`, `DP 8 (MoE TP 8)`, `TP 8 + EP 8`, `TP 8 x PP 2`, in the words of vLLM's own
-        strategies: `+ EP n` where experts are whole on each rank, `(MoE TP n)` where DP ranks share
-        tensor-parallel slices of every expert (no --enable-expert-parallel)."""
+        """e.g. `DP 8 + EP 8`, `DP 8 (MoE TP 8)`, `TP 8 + EP 8`, `TP 8 (MoE TP 8)`, `TP 8 x PP 2`, in the
+        words of vLLM's own strategies: `+ EP n` where experts are whole on each rank, `(MoE TP n)` where the
+        TP x DP ranks share tensor-parallel slices of every expert (no --enable-expert-parallel); a dense
+        model's TP has no experts to name."""
         parts = []
         if self.dp > 1:
             parts.append(f"DP {self.dp}" if self.tp == 1 else f"TP {self.tp} x DP {self.dp}")
@@ -94,7 +95,7 @@ class Layout:
         text = " x ".join(parts)
         if self.expert_parallel:
             return f"{text} + EP {self.expert_split}"
-        if self.dp > 1 and self.moe:
+        if self.expert_split > 1 and self.moe:
             return f"{text} (MoE TP {self.expert_split})"
         return text
 
@@ -119,22 +120,17 @@ def largest_tp(ctx: Context, inst: InstanceEntry) -> int:
     return max(fitting, default=1)
 
 
-def expert_parallel(ctx: Context, tp: int, dp: int) -> bool:
-    """The default for one TP x DP: the spec's choice, else on for MoE models over more than one rank."""
+def expert_modes(ctx: Context, tp: int, dp: int) -> list[bool]:
+    """Expert-parallel settings to try: the spec's when it sets one; for a MoE model over more than one
+    rank (TP > 1 at DP 1 as well as DP > 1) both MoE TP over all TP x DP ranks (slices of every expert)
+    and EP (whole experts per rank), which the objective ranks like any other pair of layouts; else the
+    default. MoE TP, vLLM's default (no --enable-expert-parallel), comes first, so it wins an exact tie.
+    Both Neuron paths express both: vllm-neuron with or without --enable-expert-parallel, NxD Inference as
+    moe_ep_degree 1 / moe_tp_degree TP or moe_ep_degree TP (render.engine)."""
     explicit = ctx.spec.placement.expert_parallel
     if explicit is not None:
-        return explicit
-    return ctx.arch.is_moe and tp * dp > 1
-
-
-def expert_modes(ctx: Context, tp: int, dp: int) -> list[bool]:
-    """Expert-parallel settings to try: the spec's when it sets one; for DP > 1 on a MoE model both MoE TP
-    over all TP x DP ranks (slices of every expert) and EP (whole experts per rank), which the objective
-    ranks like any other pair of layouts; else the default. MoE TP, vLLM's default (no
-    --enable-expert-parallel), comes first, so it wins an exact tie."""
-    if ctx.spec.placement.expert_parallel is None and ctx.arch.is_moe and dp > 1:
-        return [False, True]
-    return [expert_parallel(ctx, tp, dp)]
+        return [explicit]
+    return [False, True] if ctx.arch.is_moe and tp * dp > 1 else [False]
 
 
 def structural_problem(ctx: Context, layout: Layout) -> str | None:

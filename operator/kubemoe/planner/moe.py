@@ -16,6 +16,7 @@ vllm/model_executor/layers/fused_moe/config.py), both over all TP x DP ranks (`L
   DP: moe_tp = DP x TP, moe_ep = 1, aiconfigurator's "moeTp 8, moeEp 1"), so every rank holds a slice of
   every expert's intermediate columns and runs every DP rank's tokens: the DP group all-gathers the
   tokens before each MoE layer and reduce-scatters the partial sums after it, the same messages as EP's.
+  At DP 1 this is vLLM's plain TP (moe_tp = TP), its default: the planner tries it beside TP + EP.
 """
 
 from __future__ import annotations
