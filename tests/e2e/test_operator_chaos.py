@@ -129,7 +129,7 @@ def test_five_sigkills_during_a_rollout_converge_to_one_workload_per_model_and_n
     op = operator_factory(standalone=False, lease_seconds=3, resync_seconds=10)
     kube.apply(
         # One GPU each, pinned: the fleet is sized for one GPU per model, and this test is about the
-        # operator surviving kills, not about the layout the planner would choose (TP 4 + EP 4 by $/M tokens).
+        # operator surviving kills, not about the layout the planner would choose (TP 1 today, by $/M tokens).
         [
             moe_doc(
                 n, OLMOE, placement={"instanceTypes": ["p5.48xlarge"], "tensorParallelSize": 1}, replicas=1
