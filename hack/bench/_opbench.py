@@ -38,6 +38,8 @@ OPERATOR_RESOURCES = frozenset(
         "moapipelines",
     }
 )
+#: What the operator's writes reach: its kinds and the Events it sends.
+OPERATOR_WRITTEN = OPERATOR_RESOURCES | {"events"}
 FLOOR_MANAGER = "kubemoe"  # the operator's field manager: the floor's objects are the operator's objects
 BENCH_MANAGER = "kubemoe-bench"
 
@@ -316,13 +318,12 @@ def wait_quiet(api: Api, quiet_s: float, timeout_s: float) -> tuple[float, dict[
     updates and Events that the controllers' recorders send late on busy cores. At ``timeout_s`` it returns
     anyway: writes that never stop then show in the window measured next, where they count. Returns the
     seconds waited and the writes seen meanwhile (:func:`write_breakdown`)."""
-    resources = OPERATOR_RESOURCES | {"events"}
     t0 = time.monotonic()
     first = api.request_counts()
-    last, quiet_since = count(first, WRITE_VERBS, resources), t0
+    last, quiet_since = count(first, WRITE_VERBS, OPERATOR_WRITTEN), t0
     while time.monotonic() - quiet_since < quiet_s and time.monotonic() - t0 < timeout_s:
         time.sleep(min(0.5, quiet_s / 4))
-        now = count(api.request_counts(), WRITE_VERBS, resources)
+        now = count(api.request_counts(), WRITE_VERBS, OPERATOR_WRITTEN)
         if now != last:
             last, quiet_since = now, time.monotonic()
     return time.monotonic() - t0, write_breakdown(delta(api.request_counts(), first))
@@ -333,5 +334,5 @@ def write_breakdown(requests: Mapping[tuple[str, str, str], float]) -> dict[str,
     return {
         f"{verb} {res}{'/' + sub if sub else ''}": v
         for (verb, res, sub), v in sorted(requests.items())
-        if verb in WRITE_VERBS and res in OPERATOR_RESOURCES | {"events"}
+        if verb in WRITE_VERBS and res in OPERATOR_WRITTEN
     }

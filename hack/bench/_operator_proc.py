@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from hack.bench._cluster import cpu_seconds, peak_rss_mib, wait_until
 
@@ -73,27 +74,21 @@ class Operator:
         wait_until("operator /readyz", probe, timeout_s, every_s=0.2)
         return time.monotonic() - self.started_at
 
-    def metric(self, name: str, **labels: str) -> float:
+    def _samples(self, name: str) -> list[Sample]:
         status, text = self.http("/metrics")
         if status != 200:
             raise RuntimeError(f"operator /metrics: {status}")
+        return [s for fam in text_string_to_metric_families(text) for s in fam.samples if s.name == name]
+
+    def metric(self, name: str, **labels: str) -> float:
         return sum(
-            s.value
-            for fam in text_string_to_metric_families(text)
-            for s in fam.samples
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+            s.value for s in self._samples(name) if all(s.labels.get(k) == v for k, v in labels.items())
         )
 
     def by_labels(self, name: str) -> dict[str, float]:
         """Every sample of ``name``, keyed by its labels (``verb=PATCH,kind=MoEModel``), for the record."""
-        status, text = self.http("/metrics")
-        if status != 200:
-            raise RuntimeError(f"operator /metrics: {status}")
         return {
-            ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())): s.value
-            for fam in text_string_to_metric_families(text)
-            for s in fam.samples
-            if s.name == name
+            ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())): s.value for s in self._samples(name)
         }
 
     def reconciles(self) -> float:

@@ -266,7 +266,7 @@ def _steady(api: Api, op: Operator, plan: Plan, raw: dict[str, Any]) -> list[Fig
     own_by = {k: v - own0.get(k, 0.0) for k, v in op.by_labels("kubemoe_api_writes_total").items()}
     own = sum(own_by.values())
     reconciles, cpu = op.reconciles() - rec0, op.cpu() - cpu0
-    writes = count(got, WRITE_VERBS, ob.OPERATOR_RESOURCES | {"events"})
+    writes = count(got, WRITE_VERBS, ob.OPERATOR_WRITTEN)
     # Leases are the components' heartbeats; "" is non-resource paths (/metrics, /readyz: ours and theirs).
     reads = count(got, READ_VERBS) - count(got, READ_VERBS, {"leases", ""})
     passes = reconciles / crs
@@ -328,9 +328,7 @@ def _recovery(
     op.resync_s = 600.0
     op.restart(ctx.results_dir / "operator-restart.log")
     reobserved = op.wait_idle(crs, timeout_s=max(120, 2 * crs))
-    restart_writes = count(
-        delta(api.request_counts(), before), WRITE_VERBS, ob.OPERATOR_RESOURCES | {"events"}
-    )
+    restart_writes = count(delta(api.request_counts(), before), WRITE_VERBS, ob.OPERATOR_WRITTEN)
     figures += [
         figure(SUBJECT, f"restart N={n}: all re-observed", reobserved, "s"),
         figure(
