@@ -50,11 +50,6 @@ REQUIRED_INSTANCES = [
 MLA_FAMILIES = {"deepseek_v2", "deepseek_v3", "kimi_k2"}
 
 
-@pytest.fixture(scope="module")
-def catalog() -> Catalog:
-    return load_catalog()
-
-
 def _models(catalog: Catalog) -> list[ModelEntry]:
     return list(catalog.models.values())
 

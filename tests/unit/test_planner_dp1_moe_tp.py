@@ -28,11 +28,6 @@ MIXTRAL_8X7B = "mistralai/Mixtral-8x7B-Instruct-v0.1"
 LLAMA_3_70B = "meta-llama/Meta-Llama-3-70B-Instruct"
 
 
-@pytest.fixture(scope="module")
-def catalog() -> Catalog:
-    return load_catalog()
-
-
 def spec(model: str, placement: dict[str, Any] | None = None) -> MoEModelSpec:
     return MoEModelSpec.model_validate({"model": {"name": model}, "placement": placement or {}})
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from kubemoe.api.moemodel import MoEModelSpec
-from kubemoe.catalog.loader import Catalog, load_catalog
+from kubemoe.catalog.loader import Catalog
 from kubemoe.planner import PlannerSettings
 from kubemoe.planner.context import build_context
 from kubemoe.planner.feasibility import Candidate
@@ -23,11 +23,6 @@ from kubemoe.planner.sizing import size_layout
 
 DEEPSEEK_V3 = "deepseek-ai/DeepSeek-V3"
 MIXTRAL_8X7B = "mistralai/Mixtral-8x7B-Instruct-v0.1"
-
-
-@pytest.fixture(scope="module")
-def catalog() -> Catalog:
-    return load_catalog()
 
 
 def spec(model: str, placement: dict[str, Any] | None = None) -> MoEModelSpec:

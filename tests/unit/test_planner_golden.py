@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 from kubemoe.api.moemodel import MoEModelSpec
-from kubemoe.catalog.loader import Catalog, load_catalog
+from kubemoe.catalog.loader import Catalog
 from kubemoe.planner import Plan, PlannerSettings, PlanningError, PlanReason, plan_placement
 
 MIXTRAL_8X7B = "mistralai/Mixtral-8x7B-Instruct-v0.1"
@@ -59,11 +59,6 @@ CUSTOM_ARCHITECTURE: dict[str, Any] = {
     "expertsPerToken": 2,
     "moeIntermediateSize": 4096,
 }
-
-
-@pytest.fixture(scope="module")
-def catalog() -> Catalog:
-    return load_catalog()
 
 
 def make_spec(

@@ -5,16 +5,11 @@ from __future__ import annotations
 import pytest
 
 from kubemoe.api.moemodel import Architecture
-from kubemoe.catalog.loader import Catalog, load_catalog
+from kubemoe.catalog.loader import Catalog
 from kubemoe.planner import memory as mem
 
 KIB = 1024
 GIB = 1024**3
-
-
-@pytest.fixture(scope="module")
-def catalog() -> Catalog:
-    return load_catalog()
 
 
 def arch(catalog: Catalog, model: str) -> Architecture:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from kubemoe.api.moemodel import MoEModelSpec
-from kubemoe.catalog.loader import Catalog, load_catalog
+from kubemoe.catalog.loader import Catalog
 from kubemoe.planner import PlannerSettings, plan_placement
 from kubemoe.planner.context import build_context
 from kubemoe.planner.layouts import Layout
@@ -20,11 +20,6 @@ from kubemoe.planner.moe import expert_columns, moe_comm_seconds, moe_gemm_effic
 
 DEEPSEEK_V3 = "deepseek-ai/DeepSeek-V3"
 MIXTRAL_8X7B = "mistralai/Mixtral-8x7B-Instruct-v0.1"
-
-
-@pytest.fixture(scope="module")
-def catalog() -> Catalog:
-    return load_catalog()
 
 
 def spec(model: str, placement: dict[str, Any] | None = None) -> MoEModelSpec:

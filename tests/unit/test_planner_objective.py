@@ -20,11 +20,6 @@ from kubemoe.planner.performance import decode_heads_per_rank, prefill_seconds, 
 from kubemoe.planner.ranking import NEAR_TIE
 
 
-@pytest.fixture(scope="module")
-def catalog() -> Catalog:
-    return load_catalog()
-
-
 def spec(
     model: str, serving: dict[str, Any] | None = None, placement: dict[str, Any] | None = None
 ) -> MoEModelSpec:
