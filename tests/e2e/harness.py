@@ -150,16 +150,28 @@ def wait_api_ready(api: client.ApiClient, timeout_s: float = 60) -> None:
     raise TimeoutError(f"cluster API not ready after {timeout_s}s: {last}")
 
 
-def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float = 60, every_s: float = 0.5) -> T:
+def wait_for(
+    what: str,
+    probe: Callable[[], T | None],
+    timeout_s: float = 60,
+    every_s: float = 0.5,
+    explain: Callable[[], str] | None = None,
+) -> T:
     """Poll ``probe`` until it returns something truthy and return that; fail the test with
-    ``what`` in the message on timeout."""
+    ``what`` in the message on timeout, and what ``explain`` then tells (state and logs a CI log needs)."""
     deadline = time.monotonic() + timeout_s
     while True:
         result = probe()
         if result:
             return result
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
+            story = ""
+            if explain is not None:
+                try:
+                    story = "\n" + explain()
+                except Exception as exc:  # the explanation must not hide the timeout
+                    story = f"\n(could not explain: {exc!r})"
+            pytest.fail(f"timed out after {timeout_s}s waiting for {what}{story}")
         time.sleep(every_s)
 
 

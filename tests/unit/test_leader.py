@@ -158,3 +158,17 @@ def test_timings_must_nest() -> None:
         LeaderElector(
             cast(KubeClient, LeaseStore()), "ns", "l", "a", lease_seconds=3, renew_deadline_seconds=4
         )
+
+
+def test_lease_transitions_count_every_take_over_a_released_lease_included() -> None:
+    """client-go's count: 0 on creation, +1 for each new holder, whether the old one let go or expired."""
+    store = LeaseStore()
+    a, b = elector(store, "a"), elector(store, "b")
+    assert a.step() is True
+    assert store.obj is not None and store.obj["spec"]["leaseTransitions"] == 0
+    assert a.step() is True  # a renewal is no transition
+    assert store.obj["spec"]["leaseTransitions"] == 0
+    a.release()
+    assert b.step() is True
+    assert store.holder() == "b"
+    assert store.obj["spec"]["leaseTransitions"] == 1

@@ -115,9 +115,9 @@ class LeaderElector:
         spec.update(holderIdentity=self.identity, leaseDurationSeconds=int(self.lease_seconds), renewTime=now)
         if acquire:
             spec["acquireTime"] = now
-            spec["leaseTransitions"] = int(prior.get("leaseTransitions") or 0) + (
-                1 if prior.get("holderIdentity") else 0
-            )
+            # client-go's count: every take-over of an existing Lease is a transition, a released one's
+            # (holder emptied) too; only the Lease's creation starts at 0.
+            spec["leaseTransitions"] = int(prior.get("leaseTransitions") or 0) + (1 if prior else 0)
         return spec
 
     def _try_acquire_or_renew(self, now: float) -> bool:
