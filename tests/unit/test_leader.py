@@ -165,7 +165,8 @@ def test_lease_transitions_count_every_take_over_a_released_lease_included() -> 
     store = LeaseStore()
     a, b = elector(store, "a"), elector(store, "b")
     assert a.step() is True
-    assert store.obj is not None and store.obj["spec"]["leaseTransitions"] == 0
+    assert store.obj is not None
+    assert store.obj["spec"]["leaseTransitions"] == 0
     assert a.step() is True  # a renewal is no transition
     assert store.obj["spec"]["leaseTransitions"] == 0
     a.release()
