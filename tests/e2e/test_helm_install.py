@@ -345,9 +345,14 @@ def _try(fn: Any, errors: list[str]) -> Any:
     return None
 
 
-def _synced_events(kube: Kube, namespace: str, name: str) -> list[dict[str, Any]]:
+def _reconcile_events(kube: Kube, namespace: str, name: str) -> list[dict[str, Any]]:
+    """The one Event of each reconcile that changed something: Planned (the plan changed) or Synced."""
     events = kube.list("Event", namespace)
-    return [e for e in events if e["involvedObject"].get("name") == name and e.get("reason") == "Synced"]
+    return [
+        e
+        for e in events
+        if e["involvedObject"].get("name") == name and e.get("reason") in ("Planned", "Synced")
+    ]
 
 
 def _change_and_wait(kube: Kube, namespace: str, name: str, replicas: int, timeout_s: float) -> float:
@@ -376,8 +381,8 @@ def test_upgrade_rolls_handover_on_kill_and_uninstall_keeps_crs(
 
     # helm upgrade with a changed value: a new ReplicaSet rolls in one pod at a time (maxUnavailable 0).
     # A spec change made mid-rollout is reconciled once: not lost (observedGeneration catches up) and not
-    # twice (one Synced event: only the Lease holder writes).
-    synced_before = len(_synced_events(kube, workloads, "m2"))
+    # twice (one Planned/Synced event: only the Lease holder writes).
+    synced_before = len(_reconcile_events(kube, workloads, "m2"))
     upgrade = kube.cluster.run(
         "helm", "upgrade", RELEASE, CHART, "-n", namespace, "--reuse-values", "--set-string", "podAnnotations.rev=2",
         "--wait", "--timeout", "240s", "--kubeconfig", str(kube.cluster.kubeconfig), check=False, timeout=300,
@@ -387,7 +392,7 @@ def test_upgrade_rolls_handover_on_kill_and_uninstall_keeps_crs(
     after = {p["metadata"]["name"] for p in _operator_pods(kube, namespace) if _ready(p)}
     assert len(after) == 2
     assert not after & before, "every operator pod was replaced by the upgrade"
-    assert len(_synced_events(kube, workloads, "m2")) == synced_before + 1
+    assert len(_reconcile_events(kube, workloads, "m2")) == synced_before + 1
 
     # Kill the active replica: force-delete its pod (grace 0). The kubelet still stops the container with
     # SIGTERM first, so the operator releases the Lease on the way out (controller/leader.py) and a live

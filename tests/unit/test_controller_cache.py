@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubemoe.controller.cache import CHILD_SELECTOR, WatchCache, parse_selector
+from kubemoe.controller.cache import CHILD_SELECTOR, WatchCache, json_copy, parse_selector
 from kubemoe.controller.kube import KINDS, Kind
 
 DEPLOY = KINDS["Deployment"]
@@ -124,3 +124,48 @@ def test_lists_by_owner_follow_relabels_and_removals_through_the_index() -> None
     assert names("m1") == ["b"]
     assert cache.peek("Deployment", "ns", "b", lambda o: o and o["metadata"]["resourceVersion"]) == "2"
     assert cache.peek("Deployment", "ns", "a", lambda o: o) is None
+
+
+def test_json_copy_is_deep_and_equal_and_hands_anything_else_to_deepcopy() -> None:
+    class Marker:
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+
+    src: dict[str, Any] = {
+        "metadata": {"labels": {"a": "1"}, "managedFields": [{"fieldsV1": {"f:spec": {}}}]},
+        "spec": {
+            "replicas": 2,
+            "ratio": 0.5,
+            "on": True,
+            "none": None,
+            "ports": [[80, 443], {"name": "http"}],
+        },
+        "odd": Marker(),
+    }
+    out = json_copy(src)
+    assert {k: v for k, v in out.items() if k != "odd"} == {k: v for k, v in src.items() if k != "odd"}
+    out["metadata"]["labels"]["a"] = "changed"
+    out["metadata"]["managedFields"][0]["fieldsV1"]["f:spec"]["x"] = 1
+    out["spec"]["ports"][0].append(8080)
+    out["spec"]["ports"][1]["name"] = "grpc"
+    assert src["metadata"]["labels"] == {"a": "1"}
+    assert src["metadata"]["managedFields"] == [{"fieldsV1": {"f:spec": {}}}]
+    assert src["spec"]["ports"] == [[80, 443], {"name": "http"}]
+    assert isinstance(out["odd"], Marker)
+    assert out["odd"] is not src["odd"], "a non-JSON value is deep-copied too, not shared"
+
+
+def test_what_a_read_returns_is_the_callers_to_change() -> None:
+    cache = WatchCache(Server([]), [DEPLOY], label_selectors={"Deployment": CHILD_SELECTOR})
+    cache.relist(Server([]), ["ns"])
+    cache.upsert("Deployment", obj("a", 2, **{"app.kubernetes.io/instance": "m"}))
+    got = cache.get(DEPLOY, "ns", "a")
+    listed = cache.list(DEPLOY, "ns", f"app.kubernetes.io/instance=m,{CHILD_SELECTOR}")
+    assert got is not None
+    assert len(listed) == 1
+    got["metadata"]["labels"]["x"] = "1"
+    listed[0]["metadata"]["labels"]["y"] = "2"
+    held = cache.held("Deployment", "ns", "a")
+    assert held is not None
+    assert "x" not in held["metadata"]["labels"]
+    assert "y" not in held["metadata"]["labels"]

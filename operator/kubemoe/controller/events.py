@@ -10,6 +10,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
+from kubemoe.api.conditions import Reason
 from kubemoe.controller import metrics
 from kubemoe.controller.kube import KINDS, KubeClient, KubeError
 
@@ -56,10 +57,24 @@ def _create(kube: KubeClient, event: dict[str, Any]) -> None:
         )
 
 
-def announce_sync(kube: KubeClient, owner: dict[str, Any], *, applied: list[str], pruned: list[str]) -> None:
-    """Say what a reconcile changed (an Event and a log line); say nothing when it changed nothing."""
-    if not applied and not pruned:
-        return
+def announce_sync(
+    kube: KubeClient,
+    owner: dict[str, Any],
+    *,
+    applied: list[str],
+    pruned: list[str],
+    planned: str | None = None,
+) -> None:
+    """Say what a reconcile changed, in one Event and a log line: `Planned` (why, then what it applied) when
+    the plan changed, else `Synced`; nothing when it changed nothing. One Event, not one per decision: at
+    a rollout of many models each Event is an API write the floor does not pay for."""
     what = ", ".join([*(f"applied {a}" for a in applied), *(f"deleted {p}" for p in pruned)])
-    post_event(kube, owner, reason="Synced", message=what)
-    log.info("%s/%s: %s", owner["metadata"]["namespace"], owner["metadata"]["name"], what)
+    if planned is not None:
+        post_event(
+            kube, owner, reason=Reason.PLANNED.value, message=f"{planned}; {what}" if what else planned
+        )
+    elif what:
+        post_event(kube, owner, reason="Synced", message=what)
+    else:
+        return
+    log.info("%s/%s: %s", owner["metadata"]["namespace"], owner["metadata"]["name"], what or planned)

@@ -213,7 +213,9 @@ def _body(run: _Run[M, S]) -> str:
         model = hooks.parse(run.obj)
     except ValidationError as exc:
         raise Stop(Reason.INVALID_SPEC, format_validation_error(exc, "spec")) from exc
+    plan_before = getattr(run.status, "plan", None)
     objects = hooks.render(run.obj, model, run.status, run.generation)
+    plan_after = getattr(run.status, "plan", None)
     missing = sorted({o["kind"] for o in objects if not kube.has_api(kind_of(o))})
     present = [o for o in objects if o["kind"] not in missing]
     synced = apply_children(kube, present, reader)
@@ -226,7 +228,13 @@ def _body(run: _Run[M, S]) -> str:
         keep={(o["kind"], o["metadata"]["name"]) for o in present},
         reader=reader,
     )
-    announce_sync(kube, run.obj, applied=synced.applied, pruned=synced.pruned)
+    announce_sync(
+        kube,
+        run.obj,
+        applied=synced.applied,
+        pruned=synced.pruned,
+        planned=plan_after.reason if plan_after is not None and plan_after != plan_before else None,
+    )
     counts: dict[str, int] = {}
     for child_kind, _ in synced.live:
         counts[child_kind] = counts.get(child_kind, 0) + 1

@@ -15,7 +15,6 @@ from kubemoe.api.moemodel import MoEModel, MoEModelSpec, MoEModelStatus
 from kubemoe.catalog.loader import Catalog
 from kubemoe.controller import conditions as cond
 from kubemoe.controller import metrics
-from kubemoe.controller.events import post_event
 from kubemoe.controller.frame import FRAME_CONDITIONS, FrameContext, Observed, Stop, reconcile_object
 from kubemoe.controller.kube import KINDS, Kind, KubeClient, Reader
 from kubemoe.controller.observe import observe_workload
@@ -120,9 +119,7 @@ class MoEModelHooks:
                 "larger instance types so that one node is enough",
             )
         summary = plan.summary()
-        if status.plan != summary:
-            post_event(self.ctx.kube, obj, reason=Reason.PLANNED.value, message=plan.reason)
-        status.plan = summary
+        status.plan = summary  # a changed plan is told in the reconcile's one Event (events.announce_sync)
         metrics.set_plan_cost(
             model.metadata.namespace,
             model.metadata.name,

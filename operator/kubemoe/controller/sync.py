@@ -17,7 +17,6 @@ Keys someone adds by hand are decided per field, by what they change:
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
@@ -26,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubemoe.controller import metrics
+from kubemoe.controller.cache import json_copy
 from kubemoe.controller.kube import Kind, KubeClient, KubeError, Reader, kind_of, remember
 
 HASH_ANNOTATION = "kubemoe.io/applied-hash"
@@ -93,7 +93,7 @@ def extra_keys(live: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str,
 
 
 def _stamped(obj: Mapping[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(dict(obj))
+    out: dict[str, Any] = json_copy(dict(obj))
     out["metadata"].setdefault("annotations", {})[HASH_ANNOTATION] = desired_hash(obj)
     return out
 
