@@ -31,7 +31,7 @@ GOALS_MS = {"p50": 2.0, "p99": 10.0}
 def _sizes(quick: bool, concurrency: int) -> tuple[int, int]:
     """(rounds, requests per round and subject)."""
     if concurrency == 1:  # short rounds: a router sample and a critical-path one are seconds apart
-        return (12, 10) if quick else (50, 20)
+        return (12, 10) if quick else (30, 20)
     return (3, 200) if quick else (10, 600)
 
 

@@ -23,7 +23,7 @@ Figures:
 - the router's event-loop stalls over 10 ms at concurrency 1, seen by a probe in a separate router process
   (`_router_probe`): those on its own CPU (its work: GC, a slow handler; goal none) and those off the CPU
   (the machine ran something else: not the router's to fix);
-- memory: the router's RSS sampled while it serves 100k requests (3k quick) at concurrency 64; the slope of
+- memory: the router's RSS sampled while it serves 50k requests (3k quick) at concurrency 64; the slope of
   a least-squares line over the second half (after pools and caches have filled), in KiB per 10k requests,
   and the growth from the first sample of that half to the last (goal: flat, <= 256 KiB per 10k).
 
@@ -284,7 +284,7 @@ def run(ctx: Context) -> list[Figure]:
                 raw[f"latency_c{conc}"] = measure_latency(
                     subjects, backend, backend_proc.pid, concurrency=conc, quick=ctx.quick
                 )
-            raw["memory"] = mem = memory_run(router[0], router[1], 3_000 if ctx.quick else 100_000)
+            raw["memory"] = mem = memory_run(router[0], router[1], 3_000 if ctx.quick else 50_000)
         raw["loop_stalls_c1"] = stalls = json.loads((tmp / PROBE_FILE).read_text())  # written at its exit
     ctx.save_json("router", raw)
 
