@@ -103,6 +103,9 @@ def cluster_env(name: str, cache: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["KUBEMOE_CLUSTER_NAME"] = name
     env["KUBEMOE_KWOKCTL_EXTRA_CONFIG"] = str(extra)
+    # No real node: the operator runs as a local process and every pod is kwok's, so a kubelet and
+    # kube-proxy would only add load to both sides (and 10 s to each of the run's cluster starts).
+    env["KUBEMOE_REAL_NODE"] = os.environ.get("KUBEMOE_BENCH_REAL_NODE", "0")
     return env
 
 

@@ -130,6 +130,7 @@ class Rollout:
     applied: int = 0  # objects the benchmark itself applied
     reconciles: float = 0.0
     self_counted_writes: float = 0.0  # the operator's own kubemoe_api_writes_total
+    self_counted_events: float = 0.0  # of which Events
     cpu_s: float = 0.0
     peak_rss_mib: float = 0.0
     #: CPU seconds per process (cluster components, operator, bench) over the rollout (hack.bench._cpu).
@@ -265,6 +266,7 @@ def operator_rollout(
     before, cpu0, rec0 = api.request_counts(), op.cpu(), op.reconciles()
     all0 = cpu_sample() if cpu_sample else {}
     own0 = op.metric("kubemoe_api_writes_total")
+    events0 = op.metric("kubemoe_api_writes_total", kind="Event")
     with ReadyWatch(api, namespace, ["MoEModel", "MoAPipeline"], cr_ready) as seen:
         seconds, first = timed_until(
             lambda: api.apply_all(crs, BENCH_MANAGER, workers),
@@ -280,6 +282,7 @@ def operator_rollout(
         applied=len(crs),
         reconciles=op.reconciles() - rec0,
         self_counted_writes=op.metric("kubemoe_api_writes_total") - own0,
+        self_counted_events=op.metric("kubemoe_api_writes_total", kind="Event") - events0,
         cpu_s=op.cpu() - cpu0,
         peak_rss_mib=op.rss(),
         cpu_by_process=spent(all0, cpu_sample()) if cpu_sample else {},
@@ -304,12 +307,6 @@ def operator_writes(op_run: Rollout, floor_run: Rollout) -> float:
     controllers wrote with those verbs to the same kinds in the floor run of the same objects."""
     controllers = writes(floor_run.requests) - floor_run.applied
     return writes(op_run.requests) - op_run.applied - controllers
-
-
-def event_writes(op_run: Rollout, floor_run: Rollout) -> float:
-    return count(op_run.requests, WRITE_VERBS, {"events"}) - count(
-        floor_run.requests, WRITE_VERBS, {"events"}
-    )
 
 
 def wait_quiet(api: Api, quiet_s: float, timeout_s: float) -> tuple[float, dict[str, float]]:
