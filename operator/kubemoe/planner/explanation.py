@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import weakref
 
 from kubemoe.api.moemodel import MemoryBreakdown, MoEModelSpec, Serving
 from kubemoe.catalog.loader import Catalog
@@ -298,8 +299,37 @@ def smallest_footprint_gb(ctx: Context, catalog: Catalog) -> float | None:
     return min(footprint(ctx, c.layout, c.sizing) for c in feasible if c.sizing) / mem.GB
 
 
+#: recipe_comparison's answers per catalog (held weakly: a test's catalog must not be confused with a later
+#: one that reuses its id) and per (model, settings). It depends on neither the placement nor the serving
+#: settings of the spec being planned, yet costs more than the rest of a plan (55 ms of 70 for one model),
+#: so planning a model for each instance type, or many CRs of one model, pays it once. Bounded per catalog.
+_RECIPE_MEMO: dict[int, tuple[weakref.ref[Catalog], dict[str, RecipeComparison | None]]] = {}
+_RECIPE_MEMO_SIZE = 256
+
+
 def recipe_comparison(ctx: Context, catalog: Catalog) -> RecipeComparison | None:
     """Compare with the published vLLM recipe, at the recipe's own settings (its weight format and length)."""
+    recipe = ctx.entry.recipe if ctx.entry else None
+    if recipe is None or ctx.entry is None:
+        return None
+    held = _RECIPE_MEMO.get(id(catalog))
+    if held is None or held[0]() is not catalog:
+        held = (weakref.ref(catalog), {})
+        _RECIPE_MEMO[id(catalog)] = held
+    key = ctx.spec.model.model_dump_json() + ctx.settings.model_dump_json()
+    if key not in held[1]:
+        if len(held[1]) >= _RECIPE_MEMO_SIZE:
+            held[1].pop(next(iter(held[1])))
+        held[1][key] = _recipe_comparison(ctx, catalog)
+    return held[1][key]
+
+
+def clear_recipe_memo() -> None:
+    """Forget every remembered comparison (benchmarks time a plan from cold with it)."""
+    _RECIPE_MEMO.clear()
+
+
+def _recipe_comparison(ctx: Context, catalog: Catalog) -> RecipeComparison | None:
     recipe = ctx.entry.recipe if ctx.entry else None
     if recipe is None or ctx.entry is None:
         return None
