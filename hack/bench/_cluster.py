@@ -362,6 +362,20 @@ def ensure_fleet(api: Api, wanted: Mapping[str, int]) -> int:
     return len(nodes)
 
 
+def wait_nodes_registered(api: Api, timeout_s: float = 90) -> None:
+    """Until the node controller has posted its RegisteredNode Event for every node. It does so one
+    monitor period after it starts (about 20 s into a new cluster), so a window measured earlier would see
+    its Events as writes."""
+
+    def registered() -> bool:
+        nodes = {n["metadata"]["name"] for n in api.list("Node", None)}
+        _, data = api.call("GET", "/api/v1/events", query=[("fieldSelector", "reason=RegisteredNode")])
+        seen = {e["involvedObject"]["name"] for e in (data or {}).get("items", [])}
+        return nodes <= seen
+
+    wait_until("every node's RegisteredNode Event", registered, timeout_s, every_s=1.0)
+
+
 def delete_fleet(api: Api) -> None:
     for n in api.list("Node", None, f"{BENCH_LABEL}=true"):
         api.delete("Node", None, n["metadata"]["name"])

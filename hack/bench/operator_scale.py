@@ -3,12 +3,14 @@
 On a fake fleet the benchmark makes for each run (kwok nodes cloned from hack/manifests/fleet-nodes.yaml):
 
 * **Rollout** for each N: the floor (server-side apply of exactly what ``kubemoe render`` produces, until
-  every workload is available) and then ``kubemoe run`` (apply the CRs, until every one is Ready), each on a
-  cluster of its own (``_sites``: nothing of an earlier run loads it); one MoAPipeline per ten models (100 at
+  every workload is available) and then ``kubemoe run`` (apply the CRs, until every one is Ready), in a full
+  run each on a cluster of its own (``_sites``: nothing of an earlier run loads it); one MoAPipeline per ten models (100 at
   N = 1000) rides along. The operator runs with its default resync period, as users run it. Reported:
   operator/floor, cost per model and how it grows with N, reconciles and API writes per model
   (``apiserver_request_total`` of the API server, net of what the cluster's controllers wrote in the floor
-  run), Events per model, time to the first Ready, the operator's CPU seconds and peak RSS.
+  run), Events per model, time to the first Ready, the operator's CPU seconds and peak RSS. At the smallest
+  N (of several) a third run, the floor plus the CRs' own API work with no operator (``_inherent``: each CR
+  applied, its status written twice, one Event), shows how much of the gap no operator can avoid here.
 * **Steady state** at the largest N: a restarted operator with a short resync period (N/100 s, at least
   5 s), once it re-observed everything and nothing was written for two periods: writes and reads over five
   periods, resync CPU per model.
@@ -30,8 +32,9 @@ from typing import Any
 
 from hack.bench import _cpu as cpu
 from hack.bench import _opbench as ob
-from hack.bench._cluster import READ_VERBS, WRITE_VERBS, Api, count, delta
+from hack.bench._cluster import READ_VERBS, WRITE_VERBS, Api, count, delta, wait_nodes_registered
 from hack.bench._figures import figure, ratio, save_partial
+from hack.bench._inherent import crs_floor_rollout, final_statuses
 from hack.bench._operator_proc import Operator
 from hack.bench._sites import Sites
 from hack.bench.common import Context, Figure
@@ -81,7 +84,7 @@ def run(ctx: Context) -> list[Figure]:
         f"{plan.resync_s:g} s in the steady state, cluster '{name}'",
         flush=True,
     )
-    sites = Sites(name, fleet_for)
+    sites = Sites(name, fleet_for, fresh_each_run=not ctx.quick)
     op: Operator | None = None
     try:
         figures, raw, op, ns = _scale(ctx, sites, plan)
@@ -147,6 +150,24 @@ def _scale(ctx: Context, sites: Sites, plan: Plan) -> tuple[list[Figure], dict[s
             poll_s=poll,
             cpu_sample=cpu.sampler(name, {"operator": op.pid}),
         )
+        inherent = None
+        if i == 0 and not last:  # the CRs' own API work, once: the part of the gap no operator avoids
+            statuses = final_statuses(api, ns_op)
+            op.stop()
+            api, _ = sites.clean(ns_floor, n)
+            inherent = crs_floor_rollout(
+                api,
+                name,
+                ns_floor,
+                objects=objects,
+                crs=ob.model_docs(ns_floor, n) + ob.pipeline_docs(ns_floor, n, pipes),
+                statuses=statuses,
+                workers=plan.workers,
+                timeout=timeout,
+                poll=poll,
+            )
+            print(f"operator: N={n}: floor + CRs' writes {inherent.seconds:.1f} s", flush=True)
+            print(f"operator: N={n}: floor + CRs' writes run {cpu.line(inherent.cpu_by_process)}", flush=True)
         if not last:
             op.stop()
 
@@ -201,6 +222,22 @@ def _scale(ctx: Context, sites: Sites, plan: Plan) -> tuple[list[Figure], dict[s
             figure(SUBJECT, f"N={n}: operator CPU per model", rollout.cpu_s / n * 1000, "ms"),
             figure(SUBJECT, f"N={n}: operator peak RSS", rollout.peak_rss_mib, "MiB"),
         ]
+        if inherent is not None:
+            raw["sizes"][n]["floor_and_crs"] = inherent.__dict__ | {
+                "requests": {"/".join(k): v for k, v in inherent.requests.items()}
+            }
+            figures += [
+                figure(
+                    SUBJECT,
+                    f"N={n}: floor + the CRs' own writes, no operator / floor",
+                    ratio(inherent.seconds, floor.seconds),
+                ),
+                figure(
+                    SUBJECT,
+                    f"N={n}: rollout operator / (floor + the CRs' own writes)",
+                    ratio(rollout.seconds, inherent.seconds),
+                ),
+            ]
         print(f"operator: N={n}: floor {floor.seconds:.1f} s, operator {rollout.seconds:.1f} s", flush=True)
         print(f"operator: N={n}: floor run {cpu.line(floor.cpu_by_process)}", flush=True)
         print(f"operator: N={n}: operator run {cpu.line(rollout.cpu_by_process)}", flush=True)
@@ -244,6 +281,7 @@ def _steady(api: Api, op: Operator, plan: Plan, raw: dict[str, Any], *, ctx: Con
     op.resync_s = plan.resync_s
     op.restart(ctx.results_dir / "operator-steady.log")
     op.wait_idle(crs, timeout_s=max(120, 2 * crs))
+    wait_nodes_registered(api)  # a quick run's cluster can be younger than the node controller's first pass
     # The window starts once two resync periods (passes included) went by without a write: not on an empty
     # queue, since on 2 busy cores a pass of N models can outlast the period ("passes done/expected" shows
     # exactly that).
