@@ -1,8 +1,8 @@
 """Benchmark: the MoA router against the naive fan-out baseline (`naive_fanout.py`), side by side in one run.
 
-Setup, all on 127.0.0.1: one stand-in backend process (a bare asyncio protocol with canned OpenAI answers,
-so that it is never the bottleneck), and the server under test in its own process (`kubemoe router` with
-3 proposers + aggregator, client auth off as the baseline has none; or the baseline). The load generator
+Setup, all on 127.0.0.1: one stand-in backend process (`_router_backend`: a bare asyncio protocol with canned
+OpenAI answers, so that it is never the bottleneck), and the server under test in its own process (`kubemoe
+router` with 3 proposers + aggregator, client auth off as the baseline has none; or the baseline). The load generator
 (aiohttp, in this process) sends non-streaming chat completions.
 
 Subjects: the baseline (one process, as written), the router in one process (`router`), and the router with
@@ -27,7 +27,8 @@ Figures:
   a least-squares line over the second half (after pools and caches have filled), in KiB per 10k requests,
   and the growth from the first sample of that half to the last (goal: flat, <= 256 KiB per 10k).
 
-`python -m hack.bench.router [--quick]` runs it alone; `--backend PORT DELAY` is the stand-in backend itself.
+`python -m hack.bench.router [--quick]` runs it alone; `--backend PORT DELAY [GAP]` is the stand-in
+backend itself.
 """
 
 from __future__ import annotations
@@ -43,14 +44,25 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from hack.bench._router_backend import serve as serve_backend
 from hack.bench._router_latency import CONCURRENCIES
 from hack.bench._router_latency import figures as latency_figures
 from hack.bench._router_latency import measure as measure_latency
-from hack.bench._router_load import ROOT, cpu_seconds, free_port, load, memory_run, pct, process
+from hack.bench._router_load import (
+    PROPOSERS,
+    ROOT,
+    cpu_seconds,
+    free_port,
+    load,
+    memory_run,
+    pct,
+    process,
+    router_config,
+    router_process,
+)
 from hack.bench.common import Context, Figure
 
 SUBJECT = "router"
-PROPOSERS = 3
 SUBJECTS = ("baseline", "router", "router-2w")
 #: The router with an event-loop probe (`_router_probe`), in the concurrency-1 rounds only.
 PROBED = "router-probed"
@@ -61,132 +73,30 @@ WORKERS = 2
 BUDGET_S = (180.0, 1500.0)
 
 
-# --- the stand-in backend --------------------------------------------------------------------------------------
-
-
-def _canned() -> tuple[bytes, bytes]:
-    usage = {"prompt_tokens": 20, "completion_tokens": 8, "total_tokens": 28}
-    whole = {
-        "id": "b",
-        "object": "chat.completion",
-        "model": "m",
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": "a short answer"},
-                "finish_reason": "stop",
-            }
-        ],
-        "usage": usage,
-    }
-
-    def chunk(delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> str:
-        choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]
-        return (
-            "data: "
-            + json.dumps({"id": "b", "object": "chat.completion.chunk", "choices": choices, **extra})
-            + "\n\n"
-        )
-
-    events = [chunk({"role": "assistant", "content": ""})]
-    events += [chunk({"content": f" word{i}"}) for i in range(8)]
-    events += [chunk({}, "stop"), chunk(None, usage=usage), "data: [DONE]\n\n"]
-    sse = "".join(events).encode()
-    body = json.dumps(whole).encode()
-    return (
-        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body,
-        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: %d\r\n\r\n" % len(sse) + sse,
-    )
-
-
-class _Backend(asyncio.Protocol):
-    JSON, SSE = _canned()
-
-    def __init__(self, delay: float) -> None:
-        self.delay = delay
-        self.buf = b""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        while (end := self.buf.find(b"\r\n\r\n")) >= 0:
-            head = self.buf[:end].lower()
-            at = head.find(b"content-length:")
-            length = int(head[at + 15 :].split(b"\r\n", 1)[0]) if at >= 0 else 0
-            if len(self.buf) < end + 4 + length:
-                return
-            body, self.buf = self.buf[end + 4 : end + 4 + length], self.buf[end + 4 + length :]
-            answer = self.SSE if b'"stream": true' in body or b'"stream":true' in body else self.JSON
-            if self.delay:
-                asyncio.get_running_loop().call_later(self.delay, self._write, answer)
-            else:
-                self.transport.write(answer)
-
-    def _write(self, answer: bytes) -> None:
-        if not self.transport.is_closing():
-            self.transport.write(answer)
-
-
-def serve_backend(port: int, delay: float) -> None:
-    async def main() -> None:
-        server = await asyncio.get_running_loop().create_server(
-            lambda: _Backend(delay), "127.0.0.1", port, backlog=4096
-        )
-        async with server:
-            await server.serve_forever()
-
-    asyncio.run(main())
-
-
 # --- processes -------------------------------------------------------------------------------------------------
-
-
-def _router_config(backend: str, path: Path) -> None:
-    agent = {"url": backend, "maxTokens": 64}
-    config = {
-        "name": "bench",
-        "layers": [{"agents": [{"name": f"p{i}", "model": f"p{i}", **agent} for i in range(PROPOSERS)]}],
-        "aggregator": {"name": "agg", "model": "agg", **agent},
-        "auth": {"enabled": False},
-    }
-    path.write_text(json.dumps(config))
 
 
 @contextmanager
 def _subject(name: str, backend: str, tmp: Path) -> Iterator[tuple[str, int]]:
-    port = free_port()
     if name.startswith("router"):
-        _router_config(backend, tmp / "router.json")
         workers = ["--workers", str(WORKERS)] if name == "router-2w" else []
         module = ["hack.bench._router_probe", str(tmp / PROBE_FILE)] if name == PROBED else ["kubemoe.router"]
-        argv = [
-            sys.executable,
-            "-m",
-            *module,
-            "--config",
-            str(tmp / "router.json"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "WARNING",
-            *workers,
-        ]
-    else:
-        argv = [
-            sys.executable,
-            str(ROOT / "hack" / "bench" / "naive_fanout.py"),
-            "--port",
-            str(port),
-            "--backend",
-            backend,
-            "--proposers",
-            str(PROPOSERS),
-        ]
+        with router_process(
+            router_config(backend), tmp / f"{name}.json", module=module, extra=workers
+        ) as served:
+            yield served
+        return
+    port = free_port()
+    argv = [
+        sys.executable,
+        str(ROOT / "hack" / "bench" / "naive_fanout.py"),
+        "--port",
+        str(port),
+        "--backend",
+        backend,
+        "--proposers",
+        str(PROPOSERS),
+    ]
     with process(argv, port) as proc:
         yield f"http://127.0.0.1:{port}", proc.pid
 
@@ -398,12 +308,15 @@ def run(ctx: Context) -> list[Figure]:
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--backend"]:
-        serve_backend(int(argv[1]), float(argv[2]))
+        serve_backend(int(argv[1]), float(argv[2]), float(argv[3]) if len(argv) > 3 else 0.0)
         return 0
     ctx = Context(quick="--quick" in argv, results_dir=ROOT / "bench-results")
     for f in run(ctx):
         verdict = "" if f.passed is None else (" ok" if f.passed else " MISSED")
-        print(f"{f.figure:<60} {f.value:>10} {f.unit:<6} {f.goal}{verdict}")
+        bound = (
+            "" if f.bound_passed is None else (" (CI bound ok)" if f.bound_passed else " (CI bound MISSED)")
+        )
+        print(f"{f.figure:<60} {f.value:>10} {f.unit:<6} {f.goal}{verdict}{bound}")
     return 0
 
 
