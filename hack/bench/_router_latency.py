@@ -34,9 +34,9 @@ GOAL_CONCURRENCIES = (1, 64)
 def _sizes(quick: bool, concurrency: int) -> tuple[int, int]:
     """(rounds, requests per round and subject)."""
     if concurrency == 1:  # short rounds: a router sample and a critical-path one are seconds apart
-        return (12, 10) if quick else (30, 20)
+        return (8, 10) if quick else (18, 20)
     if concurrency <= 64:
-        return (3, 200) if quick else (10, 600)
+        return (3, 200) if quick else (8, 500)
     return (2, 384) if quick else (3, 1024)
 
 

@@ -2,8 +2,8 @@
 
 Setup, all on 127.0.0.1: one stand-in backend process (`_router_backend`: a bare asyncio protocol with canned
 OpenAI answers, so that it is never the bottleneck), and the server under test in its own process (`kubemoe
-router` with 3 proposers + aggregator, client auth off as the baseline has none; or the baseline). The load generator
-(aiohttp, in this process) sends non-streaming chat completions.
+router` with 3 proposers + aggregator, client auth off as the baseline has none; or the baseline). The load
+generator (aiohttp, in this process) sends non-streaming chat completions, streamed ones for the TTFT.
 
 Subjects: the baseline (one process, as written), the router in one process (`router`), and the router with
 `--workers 2` (`router-2w`, SO_REUSEPORT). Their ratios to the baseline are reported separately: only the
@@ -16,19 +16,29 @@ Figures:
   window; goal ratio <= 0.8);
 - the stand-in backend's CPU per request and how busy it was (share of one core) while serving the router:
   it must not be what limits the throughput;
-- overhead over the critical path at concurrency 1 and 64 (goals 2 ms p50, 10 ms p99): p50/p99 latency minus
-  that of the same two upstream calls (one proposer, then the aggregator's stream) made directly, with
-  backends answering after 20 ms, measured in the same interleaved rounds at the same concurrency
-  (`_router_latency`), with what explains them: throughput, how busy each process was, the load average;
+- overhead over the critical path at concurrency 1 and 64 (goals 2 ms p50, 10 ms p99) and 256 (no goal):
+  p50/p99 latency minus that of the same two upstream calls (one proposer, then the aggregator's stream)
+  made directly, with backends answering after 20 ms, measured in the same interleaved rounds at the same
+  concurrency (`_router_latency`), with what explains them: throughput, how busy each process was, the
+  load average, the CPU floor (concurrency x CPU per request);
 - the router's event-loop stalls over 10 ms at concurrency 1, seen by a probe in a separate router process
   (`_router_probe`): those on its own CPU (its work: GC, a slow handler; goal none) and those off the CPU
   (the machine ran something else: not the router's to fix);
 - memory: the router's RSS sampled while it serves 50k requests (3k quick) at concurrency 64; the slope of
   a least-squares line over the second half (after pools and caches have filled), in KiB per 10k requests,
-  and the growth from the first sample of that half to the last (goal: flat, <= 256 KiB per 10k).
+  and the growth from the first sample of that half to the last (goal: flat, <= 256 KiB per 10k);
+- a straggler (`_router_straggler`): one proposer's backend answers after 5 s, the layer deadline is 100 ms;
+  the router's p99 at concurrency 8 minus (the deadline + the aggregator's own p99, measured directly in
+  the same rounds), goal <= 10 ms; the raw p50/p99, the deadline, the aggregator's latency and the router's
+  own count of layer deadlines (one per request);
+- time to first token (`_router_ttft`): streamed requests through a router whose aggregator's backend
+  streams (first token at 20 ms, the rest 20 ms later) against the critical path's TTFT (one proposer call,
+  then the aggregator's stream to its first token), at concurrency 1 in interleaved rounds; the p50 overhead
+  has the goal <= 2 ms, and p50/p99 of both are reported.
 
-`python -m hack.bench.router [--quick]` runs it alone; `--backend PORT DELAY [GAP]` is the stand-in
-backend itself.
+How long each part took goes to the raw JSON (`bench-results/router.json`, `seconds`) and, run alone, to the
+last line printed. `python -m hack.bench.router [--quick]` runs it alone; `--backend PORT DELAY [GAP]` is
+the stand-in backend itself.
 """
 
 from __future__ import annotations
@@ -44,6 +54,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from hack.bench import _router_straggler as straggler
+from hack.bench import _router_ttft as ttft
 from hack.bench._router_backend import serve as serve_backend
 from hack.bench._router_latency import CONCURRENCIES
 from hack.bench._router_latency import figures as latency_figures
@@ -59,6 +71,7 @@ from hack.bench._router_load import (
     process,
     router_config,
     router_process,
+    timed,
 )
 from hack.bench.common import Context, Figure
 
@@ -69,7 +82,7 @@ PROBED = "router-probed"
 PROBE_FILE = "probe.json"
 #: Processes of the multi-process subject.
 WORKERS = 2
-#: (quick, full) seconds for the runner: three subjects and the memory run.
+#: (quick, full) seconds the runner allows; on 2 cores it took 52 s and 215 s (each part's in `seconds`).
 BUDGET_S = (180.0, 1500.0)
 
 
@@ -165,9 +178,11 @@ def _throughput(
 
 
 def run(ctx: Context) -> list[Figure]:
-    requests = 2000 if ctx.quick else 20000
-    raw: dict[str, Any] = {"quick": ctx.quick, "cpus": os.cpu_count()}
+    requests = 2000 if ctx.quick else 12000
+    seconds: dict[str, float] = {}
+    raw: dict[str, Any] = {"quick": ctx.quick, "cpus": os.cpu_count(), "seconds": seconds}
     figures: list[Figure] = []
+    started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="kubemoe-bench-") as tmpdir:
         tmp = Path(tmpdir)
         port = free_port()
@@ -186,16 +201,25 @@ def run(ctx: Context) -> list[Figure]:
             servers = {"baseline": base, "router": router, "router-2w": multi}
             for url, _ in servers.values():
                 asyncio.run(load(url, concurrency=256, requests=512, timeout_s=60))  # warm up: pools filled
-            raw["throughput_256"] = tput = _throughput(
-                servers, backend_proc.pid, requests, rounds=2 if ctx.quick else 6
-            )
+            seconds["start-up and warm-up"] = round(time.perf_counter() - started, 1)
+            with timed(seconds, "throughput_256"):
+                raw["throughput_256"] = tput = _throughput(
+                    servers, backend_proc.pid, requests, rounds=2 if ctx.quick else 4
+                )
             for conc in CONCURRENCIES:
                 subjects = {**servers, PROBED: probed} if conc == 1 else servers
-                raw[f"latency_c{conc}"] = measure_latency(
-                    subjects, backend, backend_proc.pid, concurrency=conc, quick=ctx.quick
-                )
-            raw["memory"] = mem = memory_run(router[0], router[1], 3_000 if ctx.quick else 50_000)
+                with timed(seconds, f"latency_c{conc}"):
+                    raw[f"latency_c{conc}"] = measure_latency(
+                        subjects, backend, backend_proc.pid, concurrency=conc, quick=ctx.quick
+                    )
+            with timed(seconds, "memory"):
+                raw["memory"] = mem = memory_run(router[0], router[1], 3_000 if ctx.quick else 50_000)
+            with timed(seconds, "straggler"):
+                raw["straggler"] = straggler.measure(backend, ctx.quick, tmp)
+            with timed(seconds, "ttft"):
+                raw["ttft"] = ttft.measure(backend, ctx.quick, tmp)
         raw["loop_stalls_c1"] = stalls = json.loads((tmp / PROBE_FILE).read_text())  # written at its exit
+    seconds["total"] = round(time.perf_counter() - started, 1)
     ctx.save_json("router", raw)
 
     b = tput["baseline"]
@@ -282,6 +306,8 @@ def run(ctx: Context) -> list[Figure]:
         ),
     ]
     figures += latency_figures(SUBJECT, raw, workers=WORKERS)
+    figures += straggler.figures(SUBJECT, raw["straggler"])
+    figures += ttft.figures(SUBJECT, raw["ttft"])
     figures += [
         Figure(
             SUBJECT,
@@ -317,6 +343,8 @@ def main(argv: list[str]) -> int:
             "" if f.bound_passed is None else (" (CI bound ok)" if f.bound_passed else " (CI bound MISSED)")
         )
         print(f"{f.figure:<60} {f.value:>10} {f.unit:<6} {f.goal}{verdict}{bound}")
+    seconds = json.loads((ctx.results_dir / f"{SUBJECT}.json").read_text())["seconds"]
+    print("seconds per part:", ", ".join(f"{part} {s:g}" for part, s in seconds.items()))
     return 0
 
 
