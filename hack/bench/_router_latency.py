@@ -9,7 +9,9 @@ upstream pool drops connections idle over 4 s, `http1.IDLE_SECONDS`, so a burst 
 
 At concurrency 64 the critical path is also made 64 at a time: then the stand-in backend, the load generator
 and (for the servers) the server share two cores, and by Little's law latency = 64 / throughput. The figures
-say how busy each process was (share of one core), so a reader can tell CPU queueing from overhead.
+say how busy each process was (share of one core), so a reader can tell CPU queueing from overhead. At
+concurrency 256 (the throughput runs' concurrency) the same holds more so: its figures carry no goal (the
+router issue's goals are for concurrency 1 and 64), only what explains them; its rounds are few and short.
 """
 
 from __future__ import annotations
@@ -23,16 +25,19 @@ from hack.bench._router_load import Call, chat_call, cpu_seconds, critical_call,
 from hack.bench.common import Figure
 
 CRITICAL = "critical path"
-CONCURRENCIES = (1, 64)
-#: (p50, p99) goals in ms for the router's overhead over the critical path.
+CONCURRENCIES = (1, 64, 256)
+#: (p50, p99) goals in ms for the router's overhead over the critical path, at these concurrencies only.
 GOALS_MS = {"p50": 2.0, "p99": 10.0}
+GOAL_CONCURRENCIES = (1, 64)
 
 
 def _sizes(quick: bool, concurrency: int) -> tuple[int, int]:
     """(rounds, requests per round and subject)."""
     if concurrency == 1:  # short rounds: a router sample and a critical-path one are seconds apart
-        return (12, 10) if quick else (30, 20)
-    return (3, 200) if quick else (10, 600)
+        return (8, 10) if quick else (18, 20)
+    if concurrency <= 64:
+        return (3, 200) if quick else (8, 500)
+    return (2, 384) if quick else (3, 1024)
 
 
 def measure(
@@ -91,19 +96,21 @@ def figures(subject: str, raw: dict[str, Any], *, workers: int) -> list[Figure]:
     """The goals on the single-process router against the critical path at the same concurrency, and what
     explains them: the other subjects, throughput and how busy each process was."""
     out: list[Figure] = []
-    for conc in CONCURRENCIES:
+    measured = [conc for conc in CONCURRENCIES if f"latency_c{conc}" in raw]
+    for conc in measured:
         m = raw[f"latency_c{conc}"]
         crit, router, base = m[CRITICAL], m["router"], m["baseline"]
         for q, goal in GOALS_MS.items():
             extra = router[f"{q}_ms"] - crit[f"{q}_ms"]
+            held = conc in GOAL_CONCURRENCIES
             out.append(
                 Figure(
                     subject,
                     f"overhead over the critical path, {q} at concurrency {conc}",
                     round(extra, 2),
                     "ms",
-                    f"<= {goal:g}",
-                    extra <= goal,
+                    f"<= {goal:g}" if held else "",
+                    (extra <= goal) if held else None,
                 )
             )
         for q in GOALS_MS:
@@ -168,11 +175,11 @@ def figures(subject: str, raw: dict[str, Any], *, workers: int) -> list[Figure]:
         out.append(
             Figure(
                 subject,
-                "machine load average (1 min) around the concurrency-64 rounds",
+                f"machine load average (1 min) around the concurrency-{conc} rounds",
                 round(max(machine["loadavg_1m_before"], machine["loadavg_1m_after"]), 2),
             )
         )
-    for conc in CONCURRENCIES:
+    for conc in measured:
         m = raw[f"latency_c{conc}"]
         overflows = sum(m[n]["listen_overflows"] for n in m if not n.startswith("_"))
         out.append(

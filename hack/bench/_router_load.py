@@ -8,11 +8,13 @@ the unloaded latency, latency is the queue, whatever the server.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -20,11 +22,14 @@ from typing import Any
 import aiohttp
 
 ROOT = Path(__file__).resolve().parents[2]
+#: Proposers of the benchmark's pipeline (`router_config`), and of the baseline.
+PROPOSERS = 3
 MESSAGES = [{"role": "user", "content": "What is a Mixture of Agents?"}]
 _TICKS = os.sysconf("SC_CLK_TCK")
 
-#: One exchange on a session; True if it succeeded.
-Call = Callable[[aiohttp.ClientSession], Awaitable[bool]]
+#: One exchange on a session: True if it succeeded (its sample is then its latency), False if it failed, or
+#: the sample it measured itself in seconds (a time to first token).
+Call = Callable[[aiohttp.ClientSession], Awaitable[bool | float]]
 
 
 def free_port() -> int:
@@ -134,10 +139,15 @@ async def drive(
     timeout_s: float,
     warmup: int = 0,
     done_at: list[float] | None = None,
+    stagger_s: float = 0.0,
 ) -> tuple[list[float], int, float]:
     """`requests` calls at `concurrency` on one session, after `warmup` unmeasured ones on the same session
     (its connections, and the server's upstream pool, are then open); latencies of the successes, the count
-    of failures, and the measured wall time (`done_at`, if given, gets every answer's perf_counter time)."""
+    of failures, and the measured wall time (`done_at`, if given, gets every answer's perf_counter time).
+
+    With `stagger_s`, worker k starts k x `stagger_s` after the first in each phase: requests that all take
+    the same time would otherwise stay in lockstep (all in the server at once, then none), a convoy that
+    measures how the batch queues for the CPU rather than what one request costs."""
     latencies: list[float] = []
     failures = 0
     connector = aiohttp.TCPConnector(limit=0)
@@ -148,22 +158,24 @@ async def drive(
             sent = 0
             stop_at = time.monotonic() + timeout_s
 
-            async def worker() -> None:
+            async def worker(k: int) -> None:
                 nonlocal sent, failures
+                if stagger_s:
+                    await asyncio.sleep(k * stagger_s)
                 while sent < count and time.monotonic() < stop_at:
                     sent += 1
                     t0 = time.perf_counter()
                     ok = await call(http)
                     if not record:
                         continue
-                    if ok:
-                        latencies.append(time.perf_counter() - t0)
-                    else:
+                    if ok is False:
                         failures += 1
+                    else:
+                        latencies.append(time.perf_counter() - t0 if ok is True else ok)
                     if done_at is not None:
                         done_at.append(time.perf_counter())
 
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            await asyncio.gather(*(worker(k) for k in range(concurrency)))
 
         if warmup:
             await phase(warmup, record=False)
@@ -185,6 +197,76 @@ async def load(
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def summary(samples: list[float], failures: int) -> dict[str, Any]:
+    """Count, failures and p50/p99/max in ms of `samples` (seconds)."""
+    return {
+        "n": len(samples),
+        "failures": failures,
+        "p50_ms": 1000 * pct(samples, 0.5),
+        "p99_ms": 1000 * pct(samples, 0.99),
+        "max_ms": 1000 * max(samples, default=float("nan")),
+    }
+
+
+def interleaved(
+    calls: dict[str, Call], *, concurrency: int, rounds: int, per_round: int, stagger_s: float = 0.0
+) -> dict[str, dict[str, Any]]:
+    """`rounds` batches of `per_round` calls of each kind at `concurrency`, in alternating order (the load of a
+    shared machine drifts: each kind sees the same), each batch after a warm-up of `concurrency` calls on its
+    session (`stagger_s`: see `drive`); the `summary` of each kind."""
+    acc: dict[str, tuple[list[float], list[int]]] = {name: ([], []) for name in calls}
+    for i in range(rounds):
+        for name in list(calls) if i % 2 == 0 else list(calls)[::-1]:
+            lat, failures, _ = asyncio.run(
+                drive(
+                    calls[name],
+                    concurrency=concurrency,
+                    requests=per_round,
+                    timeout_s=120,
+                    warmup=concurrency,
+                )
+            )
+            acc[name][0].extend(lat)
+            acc[name][1].append(failures)
+    return {name: summary(lat, sum(failed)) for name, (lat, failed) in acc.items()}
+
+
+@contextmanager
+def timed(seconds: dict[str, float], part: str) -> Iterator[None]:
+    """Adds the wall time of the block to `seconds[part]` (how long each part of a benchmark took)."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[part] = round(seconds.get(part, 0.0) + time.perf_counter() - t0, 1)
+
+
+@contextmanager
+def backend_process(delay: float, gap: float = 0.0) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """The stand-in backend (`_router_backend`) in its own process: its base URL (up to /v1) and process."""
+    port = free_port()
+    argv = ["-m", "hack.bench.router", "--backend", str(port), f"{delay:g}", f"{gap:g}"]
+    with process([sys.executable, *argv], port) as proc:
+        yield f"http://127.0.0.1:{port}/v1", proc
+
+
+@contextmanager
+def router_process(
+    config: dict[str, Any],
+    path: Path,
+    *,
+    module: Sequence[str] = ("kubemoe.router",),
+    extra: Sequence[str] = (),
+) -> Iterator[tuple[str, int]]:
+    """`kubemoe router` (or `module`, which takes its arguments) serving `config`, written to `path`: its URL
+    and pid."""
+    path.write_text(json.dumps(config))
+    port = free_port()
+    argv = [sys.executable, "-m", *module, "--config", str(path), "--host", "127.0.0.1", "--port", str(port)]
+    with process([*argv, "--log-level", "WARNING", *extra], port) as proc:
+        yield f"http://127.0.0.1:{port}", proc.pid
 
 
 def memory_run(url: str, pid: int, requests: int) -> dict[str, Any]:
@@ -212,4 +294,21 @@ def memory_run(url: str, pid: int, requests: int) -> dict[str, Any]:
         "second_half_growth_kib": tail[-1][1] - tail[0][1],
         "rss_first_kib": samples[0][1],
         "rss_last_kib": samples[-1][1],
+    }
+
+
+def router_config(
+    backend: str, *, aggregator: str | None = None, proposers: Sequence[str] = (), **extra: Any
+) -> dict[str, Any]:
+    """The benchmark's pipeline: `PROPOSERS` proposers at `backend` (or one at each of `proposers`), the
+    aggregator at `aggregator` (default: `backend`), client auth off (the baseline has none); `extra` adds
+    top-level fields (a `policy`)."""
+    urls = list(proposers) or [backend] * PROPOSERS
+    agents = [{"name": f"p{i}", "model": f"p{i}", "url": url, "maxTokens": 64} for i, url in enumerate(urls)]
+    return {
+        "name": "bench",
+        "layers": [{"agents": agents}],
+        "aggregator": {"name": "agg", "model": "agg", "url": aggregator or backend, "maxTokens": 64},
+        "auth": {"enabled": False},
+        **extra,
     }
