@@ -226,6 +226,7 @@ def interleaved(
                     requests=per_round,
                     timeout_s=120,
                     warmup=concurrency,
+                    stagger_s=stagger_s,
                 )
             )
             acc[name][0].extend(lat)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import aiohttp
@@ -14,7 +15,7 @@ from hack.bench import _router_latency as latency
 from hack.bench import _router_straggler as straggler
 from hack.bench import _router_ttft as ttft
 from hack.bench._router_backend import canned
-from hack.bench._router_load import drive, router_config, summary
+from hack.bench._router_load import drive, interleaved, router_config, summary
 from kubemoe.router.config import RouterConfig
 
 
@@ -146,3 +147,24 @@ def test_concurrency_256_is_reported_without_goals_and_a_missing_one_is_skipped(
     )
     assert "machine load average (1 min) around the concurrency-256 rounds" in got
     assert not any("concurrency 64" in name for name in got)  # not measured: no figures, no KeyError
+
+
+def test_interleaved_rounds_stagger_the_workers_starts() -> None:
+    """`interleaved` hands its `stagger_s` on to every batch: the straggler part's requests must not all
+    start at once (it once dropped it, and the straggler measured a convoy instead)."""
+    starts: list[float] = []
+
+    async def call(_: aiohttp.ClientSession) -> bool:
+        starts.append(time.perf_counter())
+        await asyncio.sleep(0.3)
+        return True
+
+    for stagger in (0.0, 0.2):
+        starts.clear()
+        interleaved({"slow": call}, concurrency=2, rounds=1, per_round=2, stagger_s=stagger)
+        # The warm-up's two calls, then the measured batch's: each pair one per worker.
+        gaps = [starts[i + 1] - starts[i] for i in (0, 2)]
+        if stagger:
+            assert all(g >= 0.15 for g in gaps), gaps
+        else:
+            assert all(g < 0.1 for g in gaps), gaps
