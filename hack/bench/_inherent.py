@@ -21,17 +21,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from hack.bench import _cpu as cpu
 from hack.bench import _opbench as ob
-from hack.bench._cluster import Api, delta
+from hack.bench._cluster import Api
 from hack.bench._operator_proc import Operator, cache_root
 from hack.bench._sites import Sites
-from hack.bench._watch import ReadyWatch
 
 
 def _event(cr: Mapping[str, Any], i: int) -> dict[str, Any]:
@@ -53,8 +51,8 @@ def _event(cr: Mapping[str, Any], i: int) -> dict[str, Any]:
     }
 
 
-def _cr_writes(api: Api, crs: Sequence[Mapping[str, Any]], statuses: Mapping[str, Any], workers: int) -> None:
-    """Per CR: apply it, write its status twice (not ready, then final), post one Event."""
+def _cr_writes(api: Api, crs: Sequence[Mapping[str, Any]], statuses: Mapping[str, Any], workers: int) -> int:
+    """Per CR: apply it, write its status twice (not ready, then final), post one Event; returns the writes."""
 
     def one(item: tuple[int, Mapping[str, Any]]) -> None:
         i, cr = item
@@ -78,6 +76,7 @@ def _cr_writes(api: Api, crs: Sequence[Mapping[str, Any]], statuses: Mapping[str
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(one, enumerate(crs)))
+    return 4 * len(crs)
 
 
 def final_statuses(api: Api, ns: str) -> dict[str, Any]:
@@ -103,28 +102,15 @@ def crs_floor_rollout(
 ) -> ob.Rollout:
     """The floor rollout, and then every CR's own writes (``statuses``: :func:`final_statuses` of an operator
     run of the same CRs); done when both are. ``applied`` counts the benchmark's writes of both."""
-    sample = cpu.sampler(cluster)
-    before, cpu0 = api.request_counts(), sample()
-    done = threading.Event()
-    n_deploy = sum(o["kind"] == "Deployment" for o in objects)
-
-    def writes() -> None:
-        api.apply_all(objects, ob.FLOOR_MANAGER, workers)
-        _cr_writes(api, crs, statuses, workers)
-        done.set()
-
-    with ReadyWatch(api, ns, ["Deployment"], ob.deployment_available) as seen:
-
-        def finished() -> int:
-            return seen.count() if done.is_set() else min(seen.count(), n_deploy - 1)
-
-        seconds, first = ob.timed_until(writes, finished, n_deploy, timeout_s=timeout, poll_s=poll)
-    return ob.Rollout(
-        seconds=seconds,
-        first_ready_s=first,
-        requests=delta(api.request_counts(), before),
-        applied=len(objects) + 4 * len(crs),
-        cpu_by_process=cpu.spent(cpu0, sample()),
+    return ob.floor_rollout(
+        api,
+        ns,
+        objects,
+        workers=workers,
+        timeout_s=timeout,
+        poll_s=poll,
+        cpu_sample=cpu.sampler(cluster),
+        then=lambda: _cr_writes(api, crs, statuses, workers),
     )
 
 
@@ -158,19 +144,28 @@ def main() -> None:
 
         # 2. The floor; 3. the floor and the CRs' own writes, no operator.
         objects = ob.render(crs)
-        for label, with_crs in (("floor", False), ("floor+crs", True)):
-            api, _ = sites.clean(ns, n)
-            out[label] = crs_floor_rollout(
-                api,
-                name,
-                ns,
-                objects=objects,
-                crs=crs if with_crs else [],
-                statuses=statuses,
-                workers=plan.workers,
-                timeout=timeout,
-                poll=poll,
-            )
+        api, _ = sites.clean(ns, n)
+        out["floor"] = ob.floor_rollout(
+            api,
+            ns,
+            objects,
+            workers=plan.workers,
+            timeout_s=timeout,
+            poll_s=poll,
+            cpu_sample=cpu.sampler(name),
+        )
+        api, _ = sites.clean(ns, n)
+        out["floor+crs"] = crs_floor_rollout(
+            api,
+            name,
+            ns,
+            objects=objects,
+            crs=crs,
+            statuses=statuses,
+            workers=plan.workers,
+            timeout=timeout,
+            poll=poll,
+        )
     finally:
         sites.close()
 

@@ -192,7 +192,8 @@ def timed_until(
     start: Callable[[], object], probe: Callable[[], int], total: int, *, timeout_s: float, poll_s: float
 ) -> tuple[float, float]:
     """Run ``start`` in a thread from t0 and poll ``probe`` meanwhile; returns (seconds until ``total`` are
-    ready, seconds until the first one was)."""
+    ready and ``start`` has returned, seconds until the first one was ready). A run is not over while its
+    writes are: a floor whose workloads are available before its last write has not done its work."""
     errors: list[BaseException] = []
 
     def target() -> None:
@@ -212,13 +213,13 @@ def timed_until(
         now = time.monotonic() - t0
         if ready and not first:
             first = now
-        if ready >= total:
-            worker.join(timeout=60)
+        if ready >= total and not worker.is_alive():
             if errors:
                 raise errors[0]
             return now, first
         if now > timeout_s:
-            raise TimeoutError(f"only {ready} of {total} ready after {timeout_s:.0f} s")
+            writing = " (its writes not done)" if worker.is_alive() else ""
+            raise TimeoutError(f"only {ready} of {total} ready{writing} after {timeout_s:.0f} s")
         time.sleep(poll_s)
 
 
@@ -231,13 +232,22 @@ def floor_rollout(
     timeout_s: float,
     poll_s: float,
     cpu_sample: Sampler | None = None,
+    then: Callable[[], int] | None = None,
 ) -> Rollout:
+    """Server-side apply ``objects`` until every Deployment is available. ``then`` (writes made after the
+    objects', returning how many) is part of the run: it ends when those are done too."""
     n_deploy = sum(o["kind"] == "Deployment" for o in objects)
     before = api.request_counts()
     cpu0 = cpu_sample() if cpu_sample else {}
+    extra = [0]
+
+    def writes() -> None:
+        api.apply_all(objects, FLOOR_MANAGER, workers)
+        extra[0] = then() if then else 0
+
     with ReadyWatch(api, namespace, ["Deployment"], deployment_available) as seen:
         seconds, first = timed_until(
-            lambda: api.apply_all(objects, FLOOR_MANAGER, workers),
+            writes,
             seen.count,
             n_deploy,
             timeout_s=timeout_s,
@@ -247,7 +257,7 @@ def floor_rollout(
         seconds=seconds,
         first_ready_s=first,
         requests=delta(api.request_counts(), before),
-        applied=len(objects),
+        applied=len(objects) + extra[0],
         cpu_by_process=spent(cpu0, cpu_sample()) if cpu_sample else {},
     )
 
