@@ -6,6 +6,7 @@ instance type pays it once; a different catalog object, or different planner set
 from __future__ import annotations
 
 import dataclasses
+import gc
 
 import pytest
 
@@ -32,9 +33,9 @@ def computed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     seen: list[str] = []
     real = explanation._recipe_comparison
 
-    def counting(ctx, catalog):  # type: ignore[no-untyped-def]
+    def counting(ctx, catalog, recipe):  # type: ignore[no-untyped-def]
         seen.append(ctx.spec.model.name)
-        return real(ctx, catalog)
+        return real(ctx, catalog, recipe)
 
     monkeypatch.setattr(explanation, "_recipe_comparison", counting)
     yield seen
@@ -66,3 +67,13 @@ def test_another_catalog_or_other_settings_compute_their_own(computed: list[str]
     plan_placement(_spec(), other)
     plan_placement(_spec(), catalog, PlannerSettings(min_concurrency=2))
     assert computed == [MODEL, MODEL, MODEL]
+
+
+def test_a_catalog_that_goes_takes_its_answers_with_it(computed: list[str]) -> None:
+    other = dataclasses.replace(load_catalog())
+    plan_placement(_spec(), other)
+    assert id(other) in explanation._RECIPE_MEMO
+    gone = id(other)
+    del other
+    gc.collect()
+    assert gone not in explanation._RECIPE_MEMO

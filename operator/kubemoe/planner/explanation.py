@@ -7,6 +7,7 @@ import weakref
 
 from kubemoe.api.moemodel import MemoryBreakdown, MoEModelSpec, Serving
 from kubemoe.catalog.loader import Catalog
+from kubemoe.catalog.schema import Recipe
 from kubemoe.planner import memory as mem
 from kubemoe.planner.context import Context, batching, build_context, engine_for
 from kubemoe.planner.feasibility import Candidate, candidates, gib
@@ -299,10 +300,11 @@ def smallest_footprint_gb(ctx: Context, catalog: Catalog) -> float | None:
     return min(footprint(ctx, c.layout, c.sizing) for c in feasible if c.sizing) / mem.GB
 
 
-#: recipe_comparison's answers per catalog (held weakly: a test's catalog must not be confused with a later
-#: one that reuses its id) and per (model, settings). It depends on neither the placement nor the serving
-#: settings of the spec being planned, yet costs more than the rest of a plan (55 ms of 70 for one model),
-#: so planning a model for each instance type, or many CRs of one model, pays it once. Bounded per catalog.
+#: recipe_comparison's answers per catalog and per (model, settings). It depends on neither the placement nor
+#: the serving settings of the spec being planned, yet costs more than the rest of a plan (55 ms of 70 for one
+#: model), so planning a model for each instance type, or many CRs of one model, pays it once. Keyed by the
+#: catalog's id, with a weak reference that drops the entry when that catalog goes, so a later catalog that
+#: reuses the id never sees its answers. Bounded per catalog.
 _RECIPE_MEMO: dict[int, tuple[weakref.ref[Catalog], dict[str, RecipeComparison | None]]] = {}
 _RECIPE_MEMO_SIZE = 256
 
@@ -310,17 +312,18 @@ _RECIPE_MEMO_SIZE = 256
 def recipe_comparison(ctx: Context, catalog: Catalog) -> RecipeComparison | None:
     """Compare with the published vLLM recipe, at the recipe's own settings (its weight format and length)."""
     recipe = ctx.entry.recipe if ctx.entry else None
-    if recipe is None or ctx.entry is None:
+    if recipe is None:
         return None
     held = _RECIPE_MEMO.get(id(catalog))
-    if held is None or held[0]() is not catalog:
-        held = (weakref.ref(catalog), {})
-        _RECIPE_MEMO[id(catalog)] = held
+    if held is None:
+        key_id = id(catalog)
+        held = (weakref.ref(catalog, lambda _: _RECIPE_MEMO.pop(key_id, None)), {})
+        _RECIPE_MEMO[key_id] = held
     key = ctx.spec.model.model_dump_json() + ctx.settings.model_dump_json()
     if key not in held[1]:
         if len(held[1]) >= _RECIPE_MEMO_SIZE:
             held[1].pop(next(iter(held[1])))
-        held[1][key] = _recipe_comparison(ctx, catalog)
+        held[1][key] = _recipe_comparison(ctx, catalog, recipe)
     return held[1][key]
 
 
@@ -329,10 +332,7 @@ def clear_recipe_memo() -> None:
     _RECIPE_MEMO.clear()
 
 
-def _recipe_comparison(ctx: Context, catalog: Catalog) -> RecipeComparison | None:
-    recipe = ctx.entry.recipe if ctx.entry else None
-    if recipe is None or ctx.entry is None:
-        return None
+def _recipe_comparison(ctx: Context, catalog: Catalog, recipe: Recipe) -> RecipeComparison | None:
     # The recipes launch a bare `vllm serve MODEL`, so their settings are vLLM's defaults: the model's full
     # context and gpu_memory_utilization 0.92, in the checkpoint's own weight format.
     serving = Serving(
