@@ -9,7 +9,8 @@ import pytest
 
 from kubemoe.api.conditions import Reason
 from kubemoe.controller.config import ENV, OperatorConfig
-from kubemoe.controller.observe import LWS_GROUP_LABEL, classify_pods, pod_problem
+from kubemoe.controller.kube import Kind
+from kubemoe.controller.observe import LWS_GROUP_LABEL, classify_pods, observe_workload, pod_problem
 
 
 def pod(
@@ -115,6 +116,71 @@ def test_problems_are_grouped_by_reason_most_urgent_first_and_lws_groups_are_nam
     assert "(and 1 more pod(s))" in problems[0].message
     assert "group(s) 1, 2" in problems[2].message
     assert Reason.GROUP_FAILED not in [p.reason for p in classify_pods(pods, groups=False)]
+
+
+class Pods:
+    """A reader holding pods only: what `observe_workload` lists beside the workload it is handed."""
+
+    def __init__(self, *pods: dict[str, Any]) -> None:
+        self.pods = list(pods)
+
+    def get(self, kind: Kind, namespace: str | None, name: str) -> dict[str, Any] | None:
+        return None
+
+    def list(self, kind: Kind, namespace: str | None, label_selector: str = "") -> list[dict[str, Any]]:
+        assert kind.kind == "Pod"
+        return self.pods
+
+
+def _workload(kind: str, replicas: int, ready: int) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "metadata": {"name": "m", "generation": 1},
+        "spec": {"replicas": replicas},
+        "status": {
+            "observedGeneration": 1,
+            "replicas": replicas,
+            "readyReplicas": ready,
+            "updatedReplicas": replicas,
+            "availableReplicas": ready,
+            "conditions": [{"type": "Available", "status": "True"}],
+        },
+    }
+
+
+def test_a_pod_with_a_problem_is_not_ready_before_its_controller_recounts() -> None:
+    """Seen in CI: the pod watch brought an OOM-killed pod while the Deployment still counted it ready, and
+    the status said Ready=True beside Degraded=OOMKilled."""
+    oom = pod(
+        "m-a",
+        phase="Running",
+        **waiting("CrashLoopBackOff", lastState={"terminated": {"reason": "OOMKilled"}}),
+    )
+    healthy = pod("m-b", phase="Running", containerStatuses=[{"name": "server", "state": {"running": {}}}])
+    state = observe_workload(Pods(oom), _workload("Deployment", 1, 1), namespace="n", selector="x=m")
+    assert (state.ready_replicas, state.ready, state.available) == (0, False, False)
+    assert [p.reason for p in state.problems] == [Reason.OOM_KILLED]
+    state = observe_workload(Pods(oom, healthy), _workload("Deployment", 2, 2), namespace="n", selector="x=m")
+    assert (state.ready_replicas, state.ready, state.available) == (1, False, True)
+    # Pods that failed or are going are out of the Deployment's count already: nothing more comes off.
+    evicted = pod("m-c", phase="Failed", reason="Evicted")
+    going = {
+        **oom,
+        "metadata": {**oom["metadata"], "name": "m-d", "deletionTimestamp": "2026-12-03T00:00:00Z"},
+    }
+    state = observe_workload(
+        Pods(healthy, evicted, going), _workload("Deployment", 1, 1), namespace="n", selector="x=m"
+    )
+    assert (state.ready_replicas, state.ready) == (1, True)
+    assert state.problems  # ... and still reported
+
+
+def test_a_lws_group_with_a_problem_pod_is_one_replica_not_ready() -> None:
+    group1 = {LWS_GROUP_LABEL: "1"}
+    crash = waiting("CrashLoopBackOff", lastState={"terminated": {"reason": "Error", "exitCode": 1}})
+    pods = [pod("m-1", labels=group1, **crash), pod("m-1-1", labels=group1, **crash)]
+    state = observe_workload(Pods(*pods), _workload("LeaderWorkerSet", 2, 2), namespace="n", selector="x=m")
+    assert (state.ready_replicas, state.ready) == (1, False)
 
 
 def test_settings_come_from_the_environment_and_flags_win() -> None:

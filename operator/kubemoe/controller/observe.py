@@ -63,9 +63,15 @@ def observe_workload(reader: Reader, live: dict[str, Any], *, namespace: str, se
         rolled_out = observed and updated >= desired and replicas == updated and available_replicas >= desired
     else:  # LeaderWorkerSet: one "replica" is a whole group of pods
         rolled_out = updated >= desired and replicas == desired
-    available = _workload_condition(live, "Available").get("status") == "True" and ready > 0
     # managed-by too: every pod we render carries it, and it is what the pod watch (and cache) filters on.
     pods = reader.list(KINDS["Pod"], namespace, f"{selector},app.kubernetes.io/managed-by={MANAGED_BY}")
+    # A pod's problem reaches us before the controller that owns it recounts its ready replicas (seen in
+    # CI: Degraded=OOMKilled beside Ready=True for one reconcile). A pod with a problem is never ready, so
+    # the replicas it belongs to are taken off the workload's count at once.
+    ready = max(
+        0, min(ready, replicas - _replicas_with_problems(pods, groups=live["kind"] == "LeaderWorkerSet"))
+    )
+    available = _workload_condition(live, "Available").get("status") == "True" and ready > 0
     return WorkloadState(
         desired=desired,
         replicas=replicas,
@@ -76,6 +82,26 @@ def observe_workload(reader: Reader, live: dict[str, Any], *, namespace: str, se
         progress_message=f"{live['kind']} {live['metadata']['name']}: {updated} updated, {ready} ready of {desired}",
         problems=classify_pods(pods, groups=live["kind"] == "LeaderWorkerSet"),
     )
+
+
+def _replicas_with_problems(pods: Iterable[dict[str, Any]], *, groups: bool) -> int:
+    """How many of the replicas the workload counts have a pod with a problem: pods, or LeaderWorkerSet
+    groups. Pods that failed, succeeded or are being deleted are out of the workload's count already."""
+    seen: set[str] = set()
+    for pod in pods:
+        if pod["metadata"].get("deletionTimestamp") or (pod.get("status") or {}).get("phase") in (
+            "Failed",
+            "Succeeded",
+        ):
+            continue
+        if pod_problem(pod) is not None:
+            labels = pod["metadata"].get("labels") or {}
+            seen.add(
+                str(labels.get(LWS_GROUP_LABEL, pod["metadata"]["name"]))
+                if groups
+                else pod["metadata"]["name"]
+            )
+    return len(seen)
 
 
 def pod_problem(pod: dict[str, Any]) -> Problem | None:
@@ -123,8 +149,8 @@ def pod_problem(pod: dict[str, Any]) -> Problem | None:
 
 def pod_change_matters(old: dict[str, Any] | None, new: dict[str, Any] | None) -> bool:
     """Whether a pod's change (`new` None: deleted; `old` None: not seen before) can change what its
-    owner's status says. Pods count for their problems only (readiness comes from the workload's status),
-    so a healthy pod starting up wakes nobody, while a problem appearing, changing or going away does."""
+    owner's status says. Pods count for their problems only (readiness comes from the workload's
+    status, less the replicas whose pods have a problem), so a healthy pod starting up wakes nobody, while a problem appearing, changing or going away does."""
     return (pod_problem(old) if old else None) != (pod_problem(new) if new else None)
 
 
