@@ -9,7 +9,8 @@ top-k, experts, dtype, tokens routed by the whole expert group) both expert-para
 moe_tp_size 1: whole experts per rank) and tensor-parallel (moe_tp_size n, moe_ep_size 1: every expert's
 columns split n ways). Every rank of the TP shape runs the same work; an EP rank runs the tokens its experts
 got, and the step waits for the busiest one. kubemoe's kernel model (planner.moe.fused_moe_efficiency) rates
-both shapes by their columns per rank, n / (n + 300): whole experts under EP, a 1/n slice under TP. So
+both shapes by their columns per rank, n / (n + 300) (and, for B200's BF16 kernel, x (768 / n) ^ 0.3 above
+768 columns: moeGemmColumnsKnee): whole experts under EP, a 1/n slice under TP. So
 
     imbalance(n) = latency(EP n) / latency(TP n) x shape(EP columns) / shape(TP columns)
 
@@ -46,8 +47,15 @@ DISTRIBUTIONS = {"power_law_1.01": "epExpertImbalance", "balanced": "epExpertImb
 SHAPE = ["moe_dtype", "hidden_size", "inter_size", "topk", "num_experts", "num_tokens"]
 
 
-def columns(n: pd.Series) -> pd.Series:
-    return n / (n + COLUMNS_HALF)
+#: accelerators.yaml's moeGemmColumnsKnee by (system, dtype), and PlannerSettings.moeGemmColumnsFall.
+KNEE = {("b200_sxm", "bfloat16"): 768.0}
+FALL = 0.3
+
+
+def columns(n: pd.Series, knee: pd.Series) -> pd.Series:
+    """The planner's column factor, n / (n + 300), with its fall above the chip's knee where it has one."""
+    fall = (knee / n).clip(upper=1.0).pow(FALL).fillna(1.0)
+    return n / (n + COLUMNS_HALF) * fall
 
 
 def load(system: str, distribution: str) -> pd.DataFrame:
@@ -70,7 +78,10 @@ def ratios(system: str, distribution: str) -> pd.DataFrame:
     tp = df[(df.moe_ep_size == 1) & (df.moe_tp_size > 1)].rename(columns={"moe_tp_size": "n"})
     both = ep.set_index([*SHAPE, "n"]).latency.rename("ep").to_frame()
     both = both.join(tp.set_index([*SHAPE, "n"]).latency.rename("tp"), how="inner").reset_index()
-    both["imbalance"] = both.ep / both.tp * columns(both.inter_size) / columns(both.inter_size / both.n)
+    knee = both.moe_dtype.map(lambda dtype: KNEE.get((system, dtype), math.nan))
+    both["imbalance"] = (
+        both.ep / both.tp * columns(both.inter_size, knee) / columns(both.inter_size / both.n, knee)
+    )
     both["system"] = system
     return both
 

@@ -8,7 +8,9 @@ For every system and weight dtype it prints the median of measured rate / (datas
 the value accelerators.yaml holds, and how many points fall within +-25 % of the fitted figure. The shape
 factor is the planner's (planner.moe.fused_moe_efficiency, repeated here because this script runs
 outside kubemoe's venv): M / (M + min(M, 64)) x n / (n + 300) for M rows per touched expert and n
-intermediate columns per rank. `--sample` prints the YAML rows of calibration.yaml's `moeKernels`.
+intermediate columns per rank, and where accelerators.yaml gives the chip a moeGemmColumnsKnee (KNEE here)
+x (knee / n) ^ 0.3 above it; the fit without the knee is printed beside it. `--sample` prints the YAML rows
+of calibration.yaml's `moeKernels`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ VERSION = "0.24.0"
 PEAK = {"h100_sxm": (989.0, 1979.0), "h200_sxm": (989.0, 1979.0), "b200_sxm": (2250.0, 4500.0)}
 DTYPES = {"bfloat16": "bf16", "fp8_block": "fp8", "w4a16_mxfp4": "mxfp4"}
 TOKENS_HALF, COLUMNS_HALF = 64.0, 300.0
+#: accelerators.yaml's moeGemmColumnsKnee by (system, dtype), and PlannerSettings.moeGemmColumnsFall.
+KNEE = {("b200_sxm", "bfloat16"): 768.0}
+FALL = 0.3
 #: Shapes of catalog models sampled into calibration.yaml: hidden, intermediate, top-k, experts, dtype.
 SAMPLE = {
     "DeepSeek-V3": (7168, 2048, 8, 256, "fp8_block"),
@@ -38,9 +43,10 @@ def touched(tokens: float, k: int, experts: int) -> float:
     return 1.0 - math.pow(1.0 - k / experts, tokens)
 
 
-def shape(tokens: float, k: int, experts: int, columns: float) -> float:
+def shape(tokens: float, k: int, experts: int, columns: float, knee: float | None = None) -> float:
     rows = tokens * k / experts / touched(tokens, k, experts)
-    return rows / (rows + min(rows, TOKENS_HALF)) * columns / (columns + COLUMNS_HALF)
+    fall = (knee / columns) ** FALL if knee is not None and columns > knee else 1.0
+    return rows / (rows + min(rows, TOKENS_HALF)) * columns / (columns + COLUMNS_HALF) * fall
 
 
 def load(system: str) -> pd.DataFrame:
@@ -65,21 +71,24 @@ def main() -> None:
         for dtype, points in df.groupby("moe_dtype"):
             kernel = points.kernel_source.value_counts().index[0]  # the kernel vLLM picks for the dtype
             group = points[points.kernel_source == kernel]
-            ratios = [
-                rate(r, system) / shape(r.num_tokens, r.topk, r.num_experts, r.inter_size / r.moe_tp_size)
-                for r in group.itertuples()
-            ]
-            wide = math.exp(sorted(math.log(x) for x in ratios)[len(ratios) // 2])
-            within = sum(abs(math.log(x / wide)) <= math.log(1.25) for x in ratios) / len(ratios)
-            print(
-                f"{system} {DTYPES[str(dtype)]}: {wide:.3f} ({len(ratios)} points, {within:.0%} within 25 %, {kernel})"
-            )
+            for knee in dict.fromkeys([None, KNEE.get((system, str(dtype)))]):
+                ratios = [
+                    rate(r, system)
+                    / shape(r.num_tokens, r.topk, r.num_experts, r.inter_size / r.moe_tp_size, knee)
+                    for r in group.itertuples()
+                ]
+                wide = math.exp(sorted(math.log(x) for x in ratios)[len(ratios) // 2])
+                within = sum(abs(math.log(x / wide)) <= math.log(1.25) for x in ratios) / len(ratios)
+                print(
+                    f"{system} {DTYPES[str(dtype)]}: {wide:.3f} ({len(ratios)} points, {within:.0%} within 25 %, "
+                    f"{kernel}{f', knee {knee:g}' if knee else ''})"
+                )
     if "--sample" in sys.argv:
         print("moeKernels:")
         for system in PEAK:
             df = load(system)
             for name, (h, i, k, e, dtype) in SAMPLE.items():
-                for tp in (1, 8):
+                for tp in (1, 2, 4, 8) if name == "Mixtral-8x7B" else (1, 8):
                     rows = df[
                         (df.hidden_size == h)
                         & (df.inter_size == i)

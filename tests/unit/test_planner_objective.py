@@ -44,15 +44,15 @@ def test_decode_step_and_prefill_of_qwen3_30b_tp2_on_h100_by_hand(catalog: Catal
     * TP: 48 layers x 2 all-reduces x (10 us + 2 x 1/2 x 100 x 4096 B / 450 GB/s) = 1.047 ms
     * EP at DP 1: no dispatch (both TP ranks hold the 100 tokens; vLLM's allgather_reducescatter gathers
       over the DP group, here of one) and the experts' partial sums ride the MLP's TP all-reduce: 0 ms.
-      The busiest of the 2 EP ranks (epExpertImbalance[2] = 1.27) stretches only the experts' FLOPs,
-      0.37 x 1.27 = 0.47 ms, still under their 14.40 ms of weights
+      The busiest of the 2 EP ranks (epExpertImbalance[2] = 1.26) stretches only the experts' FLOPs,
+      0.37 x 1.26 = 0.47 ms, still under their 14.40 ms of weights
     * fixed: 1 ms a step + 48 layers x 50 us = 3.4 ms
     Step = 0.596 + 14.40 + 5.50 + 1.047 + 3.4 = 24.94 ms.
     The steady state mixes 100 x 2000 / 500 = 400 prompt tokens into that step (500 tokens):
     * dense: compute 2 x (100 x 1.198B / 0.5 + 400 x (1.509 - 2 x 0.311)B / 0.4) / 989e12 / 2 = 1.139 ms
       now exceeds the 0.596 ms of weights;
     * experts: a fifth of the steps carry a whole 2000-token prompt (400 / 2000): 0.8 x 99.84 % + 0.2 x 100 %
-      = 99.87 % touched, 14.40 ms of weights > 2 x 1.81B / 2 x (100 / 0.5 + 400 / 0.4) / 989e12 x 1.27
+      = 99.87 % touched, 14.40 ms of weights > 2 x 1.81B / 2 x (100 / 0.5 + 400 / 0.4) / 989e12 x 1.26
       = 2.80;
     * attention: 5.50 + prompts 400 x 2 x 48 x 32 x 2 x 128 x (2000 - 1000) / 2 / (989e12 x 0.4) = 0.398;
     * TP: 48 x 2 x (10 us + 500 x 4096 / 450 GB/s) = 1.397 ms; EP nothing; fixed 3.4 ms. Step = 26.24 ms:

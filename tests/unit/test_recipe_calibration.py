@@ -110,9 +110,8 @@ def test_the_calibration_covers_every_system_aiconfigurator_shares_with_the_cata
     assert len(CALIBRATION) >= 13
     assert {e["instanceType"] for e in CALIBRATION} == {"p5.48xlarge", "p5en.48xlarge", "p6-b200.48xlarge"}
     assert sum(1 for e in CALIBRATION if e["tolerance"] <= 0.25) >= 4
-    # 11 of 13: Mixtral-8x7B on B200 (a one-GPU replica) and Mixtral-8x22B on B200 (TP 4 (MoE TP 4), 1 %
-    # under aiconfigurator's DP 8; see calibration.yaml) are not.
-    assert sum(1 for e in CALIBRATION if e["kubemoeInTop3"]) >= 11
+    # Every one: the last two misses, Mixtral-8x7B and Mixtral-8x22B on B200, went with moeGemmColumnsKnee.
+    assert all(e["kubemoeInTop3"] for e in CALIBRATION)
 
 
 @pytest.mark.parametrize("entry", CALIBRATION, ids=lambda e: f"{e['model']}-{e['system']}")
@@ -245,6 +244,7 @@ def kernel_ratio(k: dict[str, Any]) -> float:
         cap.moe_gemm_efficiency[k["dtype"]],
         rows=tokens * top_k / experts / touched,
         columns=k["intermediate"] / k["moeTp"],
+        knee=cap.moe_gemm_columns_knee.get(k["dtype"]),
     )
     flops = 2 * tokens * top_k * 3 * k["hidden"] * k["intermediate"] / k["moeTp"]
     return flops / (peak * 1e12 * eff) / (k["latencyUs"] * 1e-6)

@@ -155,7 +155,21 @@ class AcceleratorEntry(CatalogModel):
         "PlannerSettings.moeGemmTokensHalf/ColumnsHalf scale it down for narrow or sparsely filled ones. "
         "Empty: expert GEMMs use the decode and prefill efficiencies like dense ones.",
     )
+    moe_gemm_columns_knee: dict[Literal["bf16", "fp8", "mxfp4"], float] = Field(
+        default_factory=dict,
+        description="Expert-intermediate columns per rank above which this chip's fused-MoE kernel slows "
+        "down, by weight dtype: the rate falls as (knee / columns) ^ PlannerSettings.moeGemmColumnsFall "
+        "(Blackwell's FlashInfer TRT-LLM BF16 kernel on Mixtral's 14336-wide experts). Empty: no fall.",
+    )
     source: str = Field(description="Where the figures come from.")
+
+    @field_validator("moe_gemm_columns_knee")
+    @classmethod
+    def _check_knee(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = {k: v for k, v in value.items() if v <= 0}
+        if bad:
+            raise ValueError(f"moeGemmColumnsKnee must be positive: {bad}")
+        return value
 
     @field_validator("moe_gemm_efficiency")
     @classmethod

@@ -91,14 +91,20 @@ def moe_gemm_efficiency(ctx: Context, layout: Layout, tokens: float, *, fp8_comp
     if touched <= 0:
         return None
     rows = max(tokens, 0.0) * arch.experts_per_token / arch.num_experts / touched
-    return fused_moe_efficiency(s, wide, rows=rows, columns=expert_columns(ctx, layout))
+    knee = cap.moe_gemm_columns_knee.get(dtype)
+    return fused_moe_efficiency(s, wide, rows=rows, columns=expert_columns(ctx, layout), knee=knee)
 
 
-def fused_moe_efficiency(s: PlannerSettings, wide: float, *, rows: float, columns: float) -> float:
+def fused_moe_efficiency(
+    s: PlannerSettings, wide: float, *, rows: float, columns: float, knee: float | None = None
+) -> float:
     """`wide` x M / (M + min(M, moeGemmTokensHalf)) x n / (n + moeGemmColumnsHalf) for M rows per touched
-    expert and n intermediate columns per rank: a GEMM tile wastes at most as many rows as it fills."""
+    expert and n intermediate columns per rank: a GEMM tile wastes at most as many rows as it fills. Above
+    a chip's `knee` (the capability table's moeGemmColumnsKnee) also x (knee / n) ^ moeGemmColumnsFall:
+    B200's BF16 kernel runs Mixtral-8x7B's experts whole (MoE TP 1) at 0.24 of peak and at MoE TP 4 at 0.45."""
     filled = rows / (rows + min(rows, s.moe_gemm_tokens_half)) if rows > 0 else 0.0
-    return wide * filled * columns / (columns + s.moe_gemm_columns_half)
+    fall = (knee / columns) ** s.moe_gemm_columns_fall if knee is not None and columns > knee else 1.0
+    return wide * filled * columns / (columns + s.moe_gemm_columns_half) * fall
 
 
 def moe_comm_seconds(

@@ -97,8 +97,17 @@ class PlannerSettings(BaseModel):
         "wide-GEMM efficiency: TP slices each expert's columns, so Qwen3-235B's 1536 over TP 8 (192) runs "
         "at 0.39 of the wide rate (same fit as moeGemmTokensHalf).",
     )
+    moe_gemm_columns_fall: float = Field(
+        default=0.3,
+        ge=0,
+        le=2,
+        description="Exponent of the fall of a fused-MoE kernel's rate above the capability table's "
+        "moeGemmColumnsKnee: (knee / columns) ^ this. Fitted with that knee (768) and B200's BF16 "
+        "moeGemmEfficiency to aiconfigurator 0.12.0's measured vLLM 0.24.0 B200 BF16 kernels "
+        "(hack/calibration/moe_kernels.py).",
+    )
     ep_expert_imbalance: dict[int, float] = Field(
-        default_factory=lambda: {2: 1.27, 4: 1.77, 8: 2.54, 16: 3.81, 32: 5.77},
+        default_factory=lambda: {2: 1.26, 4: 1.77, 8: 2.54, 16: 3.77, 32: 5.73},
         description="With expert parallelism the busiest rank sets the step: its expert time over an evenly "
         "loaded rank's, by EP size (the largest size listed not above the layout's applies; 1 below the "
         "smallest). Median over H100/H200/B200 of aiconfigurator 0.12.0's measured vLLM 0.24.0 fused-MoE "
@@ -107,7 +116,7 @@ class PlannerSettings(BaseModel):
         "per rank.",
     )
     ep_expert_imbalance_eplb: dict[int, float] = Field(
-        default_factory=lambda: {2: 1.17, 4: 1.47, 8: 1.90, 16: 2.85, 32: 4.78},
+        default_factory=lambda: {2: 1.16, 4: 1.43, 8: 1.82, 16: 2.85, 32: 4.78},
         description="epExpertImbalance with --enable-eplb: the same comparison with aiconfigurator's balanced "
         "routing (every expert equally loaded), the limit EPLB's rebalancing aims at.",
     )
