@@ -76,16 +76,16 @@ def test_plan_as_json_is_machine_readable() -> None:
         "plan", "mistralai/Mixtral-8x7B-Instruct-v0.1", "--instance-type", "p4d.24xlarge", "-o", "json"
     )
     plan = json.loads(proc.stdout)
-    # TP 4 (MoE TP 4) on 4 of the 8 A100-40GB: $1.107/M tokens against DP 8 (MoE TP 8)'s $1.114 on all 8
-    # (test_planner_golden's p4d TP 2 error case has the arithmetic); plain TP, so EP is off.
+    # TP 8 (MoE TP 8) on the 8 A100-40GB: $1.169/M tokens against TP 4 x DP 2 (MoE TP 8)'s $1.197
+    # (test_planner_golden's p4d TP 2 error case has the figures); plain TP, so EP is off.
     assert (plan["instanceType"], plan["tensorParallelSize"], plan["dataParallelSize"]) == (
         "p4d.24xlarge",
-        4,
+        8,
         1,
     )
     assert plan["expertParallel"] is False
     assert plan["expertParallelSize"] == 0
-    assert plan["layout"] == "TP 4 (MoE TP 4) on p4d.24xlarge"
+    assert plan["layout"] == "TP 8 (MoE TP 8) on p4d.24xlarge"
 
 
 def test_plan_of_a_pipeline_shows_agents_and_capacity() -> None:
@@ -105,7 +105,7 @@ def test_the_guides_tp2_mixtral_on_p4d_is_refused_with_the_plan_that_fits() -> N
         "2",
     )
     assert_clean_failure(
-        proc, "InsufficientMemory", "46.7 GB", "A100-40GB", "TP 4 (MoE TP 4) on p4d.24xlarge"
+        proc, "InsufficientMemory", "46.7 GB", "A100-40GB", "TP 8 (MoE TP 8) on p4d.24xlarge"
     )  # the plan that fits is the planner's own choice on p4d (test_plan_as_json_is_machine_readable)
 
 

@@ -552,15 +552,18 @@ ERRORS = [
         {},
         {"instanceTypes": ["p4d.24xlarge"], "tensorParallelSize": 2},
         PlanReason.INSUFFICIENT_MEMORY,
-        ["46.7 GB", "A100-40GB", "TP 4 (MoE TP 4) on p4d.24xlarge"],
+        ["46.7 GB", "A100-40GB", "TP 8 (MoE TP 8) on p4d.24xlarge"],
         # The widely-copied guide: 93.40 GB / 2 = 46.70 GB (43.49 GiB) per GPU > 35.63 GiB usable of a
-        # 40536 MiB A100; the planner's own choice on p4d is TP 4 (MoE TP 4), vLLM's plain TP: 4 GPUs
-        # ($10.98/h), 2755 tok/s at 137 sequences within TPOT 50 ms, $1.107/M tokens, just ahead of DP 8
-        # (MoE TP 8) on all 8 GPUs ($21.96/h, 5474 tok/s at 272, $1.114/M; each rank 13.5 GiB of weights
-        # and 19.2 GiB of KV against TP 4's 21.75 and 11.8). TP 4 + EP 4 has the same memory but its
-        # busiest EP rank takes epExpertImbalance[4] = 1.77x the mean expert time: 92 sequences, $1.651/M.
-        # (Before DP 1 tried MoE TP it planned TP 4 + EP 4 only, and DP 8 (MoE TP 8) won.)
-        id="the-guides-mixtral-8x7b-bf16-tp2-on-p4d-is-insufficient-memory-and-names-tp4",
+        # 40536 MiB A100; the planner's own choice on p4d is TP 8 (MoE TP 8), vLLM's plain TP on all 8 GPUs
+        # ($21.96/h): 10.87 GiB of weights and 22.72 GiB of KV per rank, 5219 tok/s at 256 sequences (A100's
+        # maxNumSeqs) within TPOT 50 ms, $1.169/M tokens. TP 4 (MoE TP 4) on 4 GPUs ($10.98/h, 21.75 GiB of
+        # weights and 11.79 of KV per rank) holds only 106 sequences within TPOT 50 ms, $1.431/M: A100's
+        # 2048-token step budget gives a waiting prompt a 1942-token chunk, a compute-bound step that four
+        # A100s take twice as long over as eight. TP 4 + EP 4 has TP 4's memory but its busiest EP rank takes
+        # epExpertImbalance[4] = 1.77x the mean expert time: 68 sequences, $2.233/M.
+        # (Before prompts were scheduled whole, TP 4 (MoE TP 4) won at $1.107/M; before DP 1 tried MoE TP
+        # it planned TP 4 + EP 4 only, and DP 8 (MoE TP 8) won.)
+        id="the-guides-mixtral-8x7b-bf16-tp2-on-p4d-is-insufficient-memory-and-names-the-choice",
     ),
     pytest.param(
         "nobody/unknown-moe",
@@ -600,7 +603,7 @@ ERRORS = [
         {},
         {"instanceTypes": ["p4d.24xlarge"], "tensorParallelSize": 16},
         PlanReason.INVALID_PARALLELISM,
-        ["exceeds the 8 GPUs", "TP 4 (MoE TP 4) on p4d.24xlarge"],  # the choice above (TP 4, MoE TP 4)
+        ["exceeds the 8 GPUs", "TP 8 (MoE TP 8) on p4d.24xlarge"],  # the choice above (TP 8, MoE TP 8)
         id="a-tp-larger-than-a-node-is-invalid-parallelism",
     ),
     pytest.param(

@@ -122,9 +122,9 @@ def test_both_dp_layouts_are_ranked_side_by_side_by_the_objective(catalog: Catal
     For Mixtral on H100 the two move the same messages (vLLM's default EP dispatch is the DP group's
     all-gather) and EP's whole experts run the fused-MoE GEMM at a better shape factor (14336 / 14636 =
     0.98 against 1792 / 2092 = 0.86), but the busiest of 8 EP ranks takes epExpertImbalance[8] = 2.54x the
-    mean: 2.54 x 0.86 / 0.98 = 2.2x MoE TP's expert time, so MoE TP ranks above it ($0.944 against $1.577/M
+    mean: 2.54 x 0.86 / 0.98 = 2.2x MoE TP's expert time, so MoE TP ranks above it ($0.890 against $1.536/M
     tokens, aiconfigurator's choice of mode too). The plan itself is TP 4 (MoE TP 4), vLLM's plain TP on
-    half the node, since DP 1 tries MoE TP as well: $0.922/M tokens, 2 % under DP 8 (MoE TP 8)."""
+    half the node, since DP 1 tries MoE TP as well: $0.863/M tokens, 3 % under DP 8 (MoE TP 8)."""
     plan = plan_placement(spec(MIXTRAL_8X7B, {"instanceTypes": ["p5.48xlarge"]}), catalog)
     by_layout = {a.layout: a for a in plan.alternatives}
     assert plan.layout == "TP 4 (MoE TP 4) on p5.48xlarge"
@@ -141,10 +141,12 @@ def test_both_dp_layouts_are_ranked_side_by_side_by_the_objective(catalog: Catal
     assert plan.cost_per_million_tokens < dp8.cost_per_million_tokens
     assert ep.cost_per_million_tokens > 1.5 * dp8.cost_per_million_tokens
     assert "by cheapest" in ep.reason
-    # DeepSeek-V3 on H200: the step is bound by the expert weights each rank reads at small batches, and
-    # at the batches the SLO allows EP 8's busiest rank costs more than MoE TP's narrower slices.
+    # DeepSeek-V3 on H200: a decode step is bound by the expert weights each rank reads, the steps that
+    # carry a prompt by the experts' FLOPs, which EP 8's busiest rank stretches: MoE TP wins at every DP
+    # size. TP 2 x DP 4 (aiconfigurator's rank 2) and DP 8 (its rank 1) hold 120 sequences each, 1 % apart.
     ds = plan_placement(spec(DEEPSEEK_V3, {"instanceTypes": ["p5en.48xlarge"]}), catalog)
-    assert ds.layout == "DP 8 (MoE TP 8) on p5en.48xlarge"
+    assert ds.layout == "TP 2 x DP 4 (MoE TP 8) on p5en.48xlarge"
+    assert not ds.expert_parallel
     ds_ep = {a.layout: a for a in ds.alternatives}["DP 8 + EP 8 on p5en.48xlarge"]
     assert ds_ep.feasible
     assert ds_ep.cost_per_million_tokens is not None

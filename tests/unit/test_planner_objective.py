@@ -16,7 +16,13 @@ from kubemoe.catalog.loader import Catalog, load_catalog
 from kubemoe.planner import PlannerSettings, PlanningError, PlanReason, plan_placement
 from kubemoe.planner.context import build_context
 from kubemoe.planner.layouts import Layout
-from kubemoe.planner.performance import decode_heads_per_rank, prefill_seconds, rates, stage_step_seconds
+from kubemoe.planner.performance import (
+    decode_heads_per_rank,
+    operating_point,
+    prefill_seconds,
+    rates,
+    stage_step_seconds,
+)
 from kubemoe.planner.ranking import NEAR_TIE
 
 
@@ -31,43 +37,56 @@ def spec(
 def test_decode_step_and_prefill_of_qwen3_30b_tp2_on_h100_by_hand(catalog: Catalog) -> None:
     """Qwen3-30B-A3B, TP 2 + EP 2 on p5 (H100), 100 sequences, the default 2000/500 workload.
 
-    Rates per GPU: HBM 3350 GB/s x 0.6 = 2.01 TB/s; BF16 989 TFLOPS; NVLink 900 / 2 = 450 GB/s.
+    Rates per GPU: HBM 3350 GB/s x 0.75 = 2.5125 TB/s; BF16 989 TFLOPS; NVLink 900 / 2 = 450 GB/s.
     Weights (bf16): experts 48 x 128 x 3 x 2048 x 768 = 28.99B -> 57.98 GB, others 1.509B -> 3.018 GB, of
     which the input embedding 151936 x 2048 = 0.311B is looked up, not streamed: 2.396 GB per step.
     Decode only (p = 0):
-    * dense: max(2.396 GB / 2 / 2.01 TB/s = 0.596 ms, 2 x 100 x 1.198B / 0.5 / 989e12 / 2 = 0.242) = 0.596
-    * experts: 100 tokens touch 1 - (1 - 8/128)^100 = 99.84 % of them: 57.98 / 2 x 0.9984 / 2.01 TB/s =
-      14.40 ms (compute 2 x 1.81B active x 100 / 2 / 494.5e12 = 0.37 ms)
+    * dense: max(2.396 GB / 2 / 2.5125 TB/s = 0.477 ms, 2 x 100 x 1.198B / 0.5 / 989e12 / 2 = 0.242) = 0.477
+    * experts: 100 tokens touch 1 - (1 - 8/128)^100 = 99.84 % of them: 57.98 / 2 x 0.9984 / 2.5125 TB/s =
+      11.52 ms (their FLOPs at the fused-MoE kernel's rate, x epExpertImbalance[2] = 1.26 for the busiest
+      of the 2 EP ranks, take 1.07 ms)
     * attention: KV at the mean context 2000 + 500/2 = 2250: 48 x 2 x 2 heads x 128 x 2 B x 2250 = 110.6 MB
-      per sequence, 11.06 GB for 100 -> 5.50 ms (FLOPs 2 x 100 x 2250 x 48 x 16 x 256 / (989e12 x 0.2)
+      per sequence, 11.06 GB for 100 -> 4.40 ms (FLOPs 2 x 100 x 2250 x 48 x 16 x 256 / (989e12 x 0.2)
       = 0.45 ms)
     * TP: 48 layers x 2 all-reduces x (10 us + 2 x 1/2 x 100 x 4096 B / 450 GB/s) = 1.047 ms
     * EP at DP 1: no dispatch (both TP ranks hold the 100 tokens; vLLM's allgather_reducescatter gathers
       over the DP group, here of one) and the experts' partial sums ride the MLP's TP all-reduce: 0 ms.
-      The busiest of the 2 EP ranks (epExpertImbalance[2] = 1.26) stretches only the experts' FLOPs,
-      0.37 x 1.26 = 0.47 ms, still under their 14.40 ms of weights
     * fixed: 1 ms a step + 48 layers x 50 us = 3.4 ms
-    Step = 0.596 + 14.40 + 5.50 + 1.047 + 3.4 = 24.94 ms.
-    The steady state mixes 100 x 2000 / 500 = 400 prompt tokens into that step (500 tokens):
+    Step = 0.477 + 11.52 + 4.40 + 1.047 + 3.4 = 20.84 ms.
+    400 prompt tokens in the same step (500 tokens):
     * dense: compute 2 x (100 x 1.198B / 0.5 + 400 x (1.509 - 2 x 0.311)B / 0.4) / 989e12 / 2 = 1.139 ms
-      now exceeds the 0.596 ms of weights;
-    * experts: a fifth of the steps carry a whole 2000-token prompt (400 / 2000): 0.8 x 99.84 % + 0.2 x 100 %
-      = 99.87 % touched, 14.40 ms of weights > 2 x 1.81B / 2 x (100 / 0.5 + 400 / 0.4) / 989e12 x 1.26
-      = 2.80;
-    * attention: 5.50 + prompts 400 x 2 x 48 x 32 x 2 x 128 x (2000 - 1000) / 2 / (989e12 x 0.4) = 0.398;
-    * TP: 48 x 2 x (10 us + 500 x 4096 / 450 GB/s) = 1.397 ms; EP nothing; fixed 3.4 ms. Step = 26.24 ms:
-      the prompts cost 1.3 ms, not a prefill's 18.
+      now exceeds the 0.477 ms of weights;
+    * experts: a fifth of such steps would carry a whole 2000-token prompt (400 / 2000): 0.8 x 99.84 % +
+      0.2 x 100 % = 99.87 % touched, 11.52 ms of weights, more than their 5.35 ms of FLOPs;
+    * attention: 4.40 + prompts 400 x 2 x 48 x 32 x 2 x 128 x (2000 - 1000) / 2 / (989e12 x 0.4) = 0.398;
+    * TP: 48 x 2 x (10 us + 500 x 4096 / 450 GB/s) = 1.397 ms; EP nothing; fixed 3.4 ms. Step = 22.26 ms.
+    A whole 2000-token prompt in the step (2100 tokens): dense 2 x (100 x 1.198B / 0.5 + 2000 x 0.887B /
+    0.4) / 989e12 / 2 = 4.725 ms; every expert touched, their FLOPs 16.71 ms over 11.54 ms of weights;
+    attention 4.40 + 1.99 = 6.39; TP 48 x 2 x (10 us + 2100 x 4096 / 450 GB/s) = 2.795; fixed 3.4: 34.02 ms.
+    The steady state at 100 sequences brings 100 x 2000 / 500 = 400 prompt tokens per step, a fifth of a
+    whole prompt (min(2000, maxNumBatchedTokens 8192 - 100)); vLLM gives a waiting prompt the whole step,
+    so a fifth of the steps carry one: TPOT = 0.2 x 34.02 + 0.8 x 20.84 = 23.48 ms. The prompts cost 2.6 ms
+    per token of output, not a prefill's 18, and not the 1.4 ms of spreading them over every step.
     Prefill alone: 2 x (1.509 + 1.812 - 2 x 0.311)B x 2000 + attention 2000 x 786.4M = 1.237e13 FLOPs /
     (2 x 989e12 x 0.4) = 15.63 ms, plus 48 x 2 x (10 us + 2000 x 4096 / 450 GB/s) = 2.71 ms of TP
-    all-reduces = 18.34 ms (more than one read of the rank's 30.5 GB of weights, 15.17 ms).
+    all-reduces = 18.34 ms (more than one read of the rank's 30.5 GB of weights, 12.14 ms).
     """
     ctx = build_context(spec("Qwen/Qwen3-30B-A3B"), catalog, PlannerSettings())
     layout = Layout(catalog.instances["p5.48xlarge"], tp=2, pp=1, dp=1, expert_parallel=True)
     r = rates(ctx, layout, fp8_compute=True)
-    assert (r.hbm, r.flops, r.intra) == (pytest.approx(2.01e12), pytest.approx(989e12), pytest.approx(450e9))
-    assert stage_step_seconds(ctx, layout, ctx.split, r, 100) == pytest.approx(24.94e-3, rel=2e-3)
-    assert stage_step_seconds(ctx, layout, ctx.split, r, 100, p=400) == pytest.approx(26.24e-3, rel=2e-3)
-    assert prefill_seconds(ctx, layout, ctx.split, r) == pytest.approx(18.34e-3, rel=2e-3)
+    assert (r.hbm, r.flops, r.intra) == (
+        pytest.approx(2.5125e12),
+        pytest.approx(989e12),
+        pytest.approx(450e9),
+    )
+    assert stage_step_seconds(ctx, layout, ctx.split, r, 100) == pytest.approx(20.84e-3, rel=2e-3)
+    assert stage_step_seconds(ctx, layout, ctx.split, r, 100, p=400) == pytest.approx(22.26e-3, rel=2e-3)
+    assert stage_step_seconds(ctx, layout, ctx.split, r, 100, p=2000) == pytest.approx(34.02e-3, rel=2e-3)
+    prefill = prefill_seconds(ctx, layout, ctx.split, r)
+    assert prefill == pytest.approx(18.34e-3, rel=2e-3)
+    point = operating_point(ctx, layout, ctx.split, r, 100, prefill=prefill)
+    assert point.tpot == pytest.approx(23.48e-3, rel=2e-3)
+    assert point.step_tokens == 2100  # the budget check sees the step that carries the prompt
 
 
 def test_mla_decode_attention_does_not_shrink_below_the_kernels_head_tile(catalog: Catalog) -> None:
@@ -120,9 +139,10 @@ def test_deepseek_v3_fp8_is_not_planned_on_a100_by_default(catalog: Catalog) -> 
     # On A100 only, at the default 50 ms TPOT, the BF16 weights (1342 GB) span three or more nodes and every
     # step's expert messages cross the nodes' 400 Gbps EFA. Only TP 8 x DP 4 over four nodes reaches the
     # useful minimum, just: the DP group's all-gather sends each token to the 3 other DP ranks once. With
-    # EP 32 vLLM's default dispatch (allgather_reducescatter) is that same all-gather, and the step is bound
-    # by the network and the weights, not the experts' FLOPs that EP's busiest rank stretches, so the two
-    # modes tie exactly ($94.53/M tokens, 16 sequences); the tie goes to vLLM's default, MoE TP 32.
+    # EP 32 vLLM's default dispatch (allgather_reducescatter) is that same all-gather, and a decode step is
+    # bound by the network and the weights; but the steps that carry a whole prompt are bound by the
+    # experts' FLOPs, which EP's busiest rank stretches: at the same 16 sequences EP 32 takes 49.0 ms a token
+    # against MoE TP 32's 46.6 ($93.48 against $88.75/M tokens).
     only_a100 = plan_placement(
         spec("deepseek-ai/DeepSeek-V3", placement={"instanceTypes": ["p4de.24xlarge"]}), catalog
     )
@@ -132,7 +152,9 @@ def test_deepseek_v3_fp8_is_not_planned_on_a100_by_default(catalog: Catalog) -> 
     assert only_a100.time_per_output_token_ms <= 50
     twin = {a.layout: a for a in only_a100.alternatives}["TP 8 x DP 4 + EP 32 on p4de.24xlarge x 4 nodes"]
     assert twin.feasible
-    assert twin.cost_per_million_tokens == only_a100.cost_per_million_tokens
+    assert twin.concurrent_sequences == only_a100.batch_size
+    assert twin.time_per_output_token_ms > only_a100.time_per_output_token_ms
+    assert twin.cost_per_million_tokens > only_a100.cost_per_million_tokens
     # With a slower TPOT it is planned at its BF16 cost (1342 GB) and says so.
     a100 = plan_placement(
         spec(

@@ -18,10 +18,13 @@ published vLLM measurements):
     all-to-all; planner.moe), each `latency + bytes / one-direction link bandwidth` (NVLink/NeuronLink
     inside a node, the node's EFA share of each device across nodes);
 * on GPUs (vLLM's chunked prefill), in steady state m / outputTokens sequences finish per step and as
-  many start, so p = m x new input tokens / output tokens: prompts share the decode steps' weight stream,
-  which is why memory-bound replicas take prefill almost for free and compute-bound ones do not; a step
-  holds at most maxNumBatchedTokens tokens (m + p). On Neuron, which encodes prompts in passes of their
-  own, p = 0 and the TPOT users see is the step's TPOT / (1 - share of time spent in prefill);
+  many start, so q = m x new input tokens / output tokens prompt tokens arrive per step. vLLM's scheduler
+  gives a waiting prompt the whole token budget the decodes leave (one partial prefill at a time), so
+  while q is below a whole prompt P = min(new, maxNumBatchedTokens - m), a share q / P of the steps
+  carries P prompt tokens and the rest decode alone (aiconfigurator's vLLM agg model schedules them the
+  same way); beyond it every step carries q. A step holds at most maxNumBatchedTokens tokens. On Neuron,
+  which encodes prompts in passes of their own, p = 0 and the TPOT users see is the step's TPOT / (1 -
+  share of time spent in prefill);
 * time per output token (TPOT) = PP x stage step x (1 + ppBubble) when PP > 1: a token passes every stage;
   PP micro-batches are in flight, so tokens/s = sequences / TPOT and requests/s = tokens/s / outputTokens;
 * TTFT p95 = ttftP95Factor x (one request's prefill alone on a DP rank's TP group, with its all-reduces,
@@ -237,7 +240,7 @@ class Point(NamedTuple):
     ttft: float  # p95 seconds
     tokens_per_second: float
     requests_per_second: float
-    step_tokens: float  # tokens per engine step on a DP rank: decode plus the prompts mixed in
+    step_tokens: float  # tokens of the largest engine step on a DP rank: decode plus the prompt(s) in it
 
 
 def operating_point(
@@ -247,15 +250,27 @@ def operating_point(
     `prefill_seconds` of the layout (one request's prefill alone)."""
     s, w = ctx.settings, ctx.spec.serving.workload
     new = w.input_tokens * (1 - w.prefix_cache_hit_ratio)
-    chunk = max(1, math.ceil(new / batching(ctx, layout.instance)[0]))
+    budget = batching(ctx, layout.instance)[0]
+    chunk = max(1, math.ceil(new / budget))
     m = n / layout.pp
     bubble = 1 + s.pp_bubble if layout.pp > 1 else 1
     p = 0.0
     if layout.instance.accelerator_kind == "gpu":
         # vLLM's chunked prefill: in steady state m / outputTokens sequences finish per step and as many
-        # start, and their prompts ride in the decode steps, m x new / output prompt tokens per step.
+        # start, m x new / output prompt tokens per step on average. The scheduler gives a waiting prompt
+        # all of the step's token budget the decodes leave (one partial prefill at a time), so while fewer
+        # than a whole prompt's tokens arrive per step, that share of the steps carries a whole prompt (up
+        # to the budget) and the others decode alone: a prompt is not hidden under the weights a decode
+        # step reads anyway.
         p = m * new / w.output_tokens
-        stage = stage_step_seconds(ctx, layout, split, r, m, p=p)
+        whole = max(1.0, min(new, budget - m))
+        if p < whole:
+            share = p / whole
+            decode_only = stage_step_seconds(ctx, layout, split, r, m)
+            stage = share * stage_step_seconds(ctx, layout, split, r, m, p=whole) + (1 - share) * decode_only
+            p = whole
+        else:
+            stage = stage_step_seconds(ctx, layout, split, r, m, p=p)
         tpot = stage * layout.pp * bubble
         tps = n * layout.dp / tpot
     else:

@@ -51,7 +51,7 @@ class PlannerSettings(BaseModel):
         "below it a plan serves so few users at once that its $/token is meaningless.",
     )
     hbm_efficiency: float = Field(
-        default=0.6,
+        default=0.75,
         gt=0,
         le=1,
         description="Share of HBM bandwidth decode reaches, one figure for all weight and KV streams. "
@@ -59,7 +59,9 @@ class PlannerSettings(BaseModel):
         "weights >= 32 MB) bracket it: dense BF16 GEMMs 0.63-0.80 (H100/H200/B200), per-tensor FP8 "
         "0.42-0.69, block-FP8 (DeepGEMM) 0.23-0.44 on Hopper, fused-MoE experts 0.6-0.85 once 32+ tokens "
         "touch them; splitting it by kernel moved the aiconfigurator rows further off (46 of 64 within 25 % "
-        "against 50), so it stays one calibrated blend.",
+        "against 50), so it stays one calibrated blend. 0.75 since prompts are scheduled whole "
+        "(performance.operating_point): the aiconfigurator rows give 67 of 71 within 25 % there against 63 "
+        "at 0.6 (0.7: 65, 0.8: 66; hack/calibration/table.py).",
     )
     decode_compute_efficiency: float = Field(
         default=0.5, gt=0, le=1, description="Share of tensor FLOPs decode GEMMs reach."
