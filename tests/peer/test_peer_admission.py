@@ -103,7 +103,10 @@ async def test_peer_sheds_with_429_and_reports_rho(standin: StandIn, tmp_path: P
         assert codes.count(200) in range(6, 17), codes  # measured alpha includes HTTP overhead: fewer
         assert codes.count(429) > 0
         assert retry == {"3"}
-        assert 0 < status["utilization"] < 0.5
+        # Each query was admitted while rho, measured then, stayed under 0.5; the status measures alpha again
+        # over calls that finished after the last admission, so it may end a little above (seen in CI:
+        # 0.50000025). Admitting all 30 would put it near 1.
+        assert 0 < status["utilization"] < 0.55
         assert status["callsPerQuery"] == 3
         assert status["offeredRate"] > status["arrivalRate"]
         # The measured alpha is the stand-in's 20 ms plus HTTP and scheduling time, which a loaded shared
