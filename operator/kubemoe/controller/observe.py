@@ -65,12 +65,12 @@ def observe_workload(reader: Reader, live: dict[str, Any], *, namespace: str, se
         rolled_out = updated >= desired and replicas == desired
     # managed-by too: every pod we render carries it, and it is what the pod watch (and cache) filters on.
     pods = reader.list(KINDS["Pod"], namespace, f"{selector},app.kubernetes.io/managed-by={MANAGED_BY}")
+    found = _pod_problems(pods)
+    groups = live["kind"] == "LeaderWorkerSet"
     # A pod's problem reaches us before the controller that owns it recounts its ready replicas (seen in
     # CI: Degraded=OOMKilled beside Ready=True for one reconcile). A pod with a problem is never ready, so
     # the replicas it belongs to are taken off the workload's count at once.
-    ready = max(
-        0, min(ready, replicas - _replicas_with_problems(pods, groups=live["kind"] == "LeaderWorkerSet"))
-    )
+    ready = max(0, min(ready, replicas - _replicas_with_problems(found, groups=groups)))
     available = _workload_condition(live, "Available").get("status") == "True" and ready > 0
     return WorkloadState(
         desired=desired,
@@ -80,27 +80,33 @@ def observe_workload(reader: Reader, live: dict[str, Any], *, namespace: str, se
         available=available,
         available_message=f"{ready} of {desired} replica(s) ready",
         progress_message=f"{live['kind']} {live['metadata']['name']}: {updated} updated, {ready} ready of {desired}",
-        problems=classify_pods(pods, groups=live["kind"] == "LeaderWorkerSet"),
+        problems=_classify(found, groups=groups),
     )
 
 
-def _replicas_with_problems(pods: Iterable[dict[str, Any]], *, groups: bool) -> int:
+def _pod_problems(pods: Iterable[dict[str, Any]]) -> list[tuple[dict[str, Any], Problem]]:
+    """Each pod that has a problem, with it, in name order: classified once for the status and the count."""
+    found = ((pod, pod_problem(pod)) for pod in sorted(pods, key=lambda p: str(p["metadata"]["name"])))
+    return [(pod, problem) for pod, problem in found if problem is not None]
+
+
+def _replica_of(pod: dict[str, Any], *, groups: bool) -> str | None:
+    """The LeaderWorkerSet group a pod belongs to (None when it has no group label), or None off LWS."""
+    group = (pod["metadata"].get("labels") or {}).get(LWS_GROUP_LABEL) if groups else None
+    return None if group is None else str(group)
+
+
+def _replicas_with_problems(found: list[tuple[dict[str, Any], Problem]], *, groups: bool) -> int:
     """How many of the replicas the workload counts have a pod with a problem: pods, or LeaderWorkerSet
     groups. Pods that failed, succeeded or are being deleted are out of the workload's count already."""
     seen: set[str] = set()
-    for pod in pods:
+    for pod, _ in found:
         if pod["metadata"].get("deletionTimestamp") or (pod.get("status") or {}).get("phase") in (
             "Failed",
             "Succeeded",
         ):
             continue
-        if pod_problem(pod) is not None:
-            labels = pod["metadata"].get("labels") or {}
-            seen.add(
-                str(labels.get(LWS_GROUP_LABEL, pod["metadata"]["name"]))
-                if groups
-                else pod["metadata"]["name"]
-            )
+        seen.add(_replica_of(pod, groups=groups) or pod["metadata"]["name"])
     return len(seen)
 
 
@@ -150,7 +156,8 @@ def pod_problem(pod: dict[str, Any]) -> Problem | None:
 def pod_change_matters(old: dict[str, Any] | None, new: dict[str, Any] | None) -> bool:
     """Whether a pod's change (`new` None: deleted; `old` None: not seen before) can change what its
     owner's status says. Pods count for their problems only (readiness comes from the workload's
-    status, less the replicas whose pods have a problem), so a healthy pod starting up wakes nobody, while a problem appearing, changing or going away does."""
+    status, less the replicas whose pods have a problem), so a healthy pod starting up wakes nobody,
+    while a problem appearing, changing or going away does."""
     return (pod_problem(old) if old else None) != (pod_problem(new) if new else None)
 
 
@@ -185,22 +192,23 @@ def workload_change_matters(old: dict[str, Any] | None, new: dict[str, Any] | No
 def classify_pods(pods: Iterable[dict[str, Any]], *, groups: bool = False) -> list[Problem]:
     """One problem per reason (the first pod's message, and how many more share it), in the order of
     `Reason` urgency below; for a LeaderWorkerSet also which groups cannot start as a whole."""
+    return _classify(_pod_problems(pods), groups=groups)
+
+
+def _classify(found: list[tuple[dict[str, Any], Problem]], *, groups: bool) -> list[Problem]:
     by_reason: dict[Reason, list[Problem]] = {}
     broken_groups: set[str] = set()
-    for pod in sorted(pods, key=lambda p: str(p["metadata"]["name"])):
-        problem = pod_problem(pod)
-        if problem is None:
-            continue
+    for pod, problem in found:
         by_reason.setdefault(problem.reason, []).append(problem)
-        group = (pod["metadata"].get("labels") or {}).get(LWS_GROUP_LABEL)
-        if groups and group is not None:
+        group = _replica_of(pod, groups=groups)
+        if group is not None:
             broken_groups.add(group)
     out = []
     for reason in ORDER:
-        found = by_reason.get(reason)
-        if found:
-            more = f" (and {len(found) - 1} more pod(s))" if len(found) > 1 else ""
-            out.append(Problem(reason, found[0].message + more))
+        same = by_reason.get(reason)
+        if same:
+            more = f" (and {len(same) - 1} more pod(s))" if len(same) > 1 else ""
+            out.append(Problem(reason, same[0].message + more))
     if broken_groups:
         listed = ", ".join(sorted(broken_groups, key=lambda g: (len(g), g)))
         out.append(Problem(Reason.GROUP_FAILED, f"LeaderWorkerSet group(s) {listed} cannot start as a whole"))
