@@ -302,3 +302,32 @@ def test_a_kernel_efficiency_outside_zero_to_one_is_refused() -> None:
                 "source": "test",
             }
         )
+
+
+def test_a_kernel_knee_that_is_not_positive_is_refused() -> None:
+    from pydantic import ValidationError
+
+    from kubemoe.catalog.schema import AcceleratorEntry
+
+    entry = {
+        "model": "X",
+        "fp8Compute": True,
+        "fp8Checkpoint": "native",
+        "mxfp4": "none",
+        "kvDtypes": ["auto"],
+        "moeGemmEfficiency": {"bf16": 0.6},
+        "source": "test",
+    }
+    assert AcceleratorEntry.model_validate({**entry, "moeGemmColumnsKnee": {"bf16": 768}})
+    with pytest.raises(ValidationError, match="moeGemmColumnsKnee must be positive"):
+        AcceleratorEntry.model_validate({**entry, "moeGemmColumnsKnee": {"bf16": 0}})
+
+
+def test_the_knee_slows_only_experts_wider_than_it() -> None:
+    """(knee / n) ^ moeGemmColumnsFall above the knee, nothing at or below it."""
+    s = PlannerSettings()
+    plain = fused_moe_efficiency(s, 0.62, rows=1024.0, columns=768.0)
+    assert fused_moe_efficiency(s, 0.62, rows=1024.0, columns=768.0, knee=768.0) == plain
+    wide = fused_moe_efficiency(s, 0.62, rows=1024.0, columns=14336.0)
+    slowed = fused_moe_efficiency(s, 0.62, rows=1024.0, columns=14336.0, knee=768.0)
+    assert slowed == pytest.approx(wide * (768 / 14336) ** 0.3)
